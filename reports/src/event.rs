@@ -1,0 +1,262 @@
+//! The event stream a case emits while it runs (child process to runner, one
+//! JSON object per line), and the fold that turns it into a [`CaseResult`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    CaseResult, CheckRecord, Outcome, SourceLoc, StepRecord, Strength, Transfer, V1Iteration,
+    Verdict,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    CaseStarted {
+        name: String,
+        about: String,
+        file: String,
+        protocol: String,
+        seed: Option<u64>,
+    },
+    /// Sent before an operation that may block, so a timeout can say where.
+    StepStarted {
+        index: u64,
+        role: String,
+        op: String,
+        args: String,
+        location: Option<SourceLoc>,
+    },
+    Step(StepRecord),
+    Check(CheckRecord),
+    Latency {
+        arc: String,
+        ns: u64,
+    },
+    Transfer(Transfer),
+    V1Iteration(V1Iteration),
+    Note {
+        text: String,
+    },
+    /// The harness could not go on (not a driver failure).
+    HarnessError {
+        message: String,
+    },
+    CaseFinished {
+        duration_ns: u64,
+    },
+}
+
+/// Steps kept verbatim in a case's log: the first half and the last half of
+/// this many; the rest are counted in `steps_elided`.
+pub const MAX_LOGGED_STEPS: usize = 2000;
+
+/// Folds events into a case result. The runner feeds it the child's events
+/// as they arrive, so a killed child still leaves everything up to the step
+/// it was stuck in.
+#[derive(Debug, Clone)]
+pub struct CaseFold {
+    pub result: CaseResult,
+    /// The last StepStarted not yet followed by its Step.
+    pub in_flight: Option<String>,
+    pub harness_error: Option<String>,
+    pub finished: bool,
+    tail: std::collections::VecDeque<StepRecord>,
+}
+
+impl CaseFold {
+    pub fn new(result: CaseResult) -> CaseFold {
+        CaseFold {
+            result,
+            in_flight: None,
+            harness_error: None,
+            finished: false,
+            tail: std::collections::VecDeque::new(),
+        }
+    }
+
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::CaseStarted {
+                name,
+                about,
+                file,
+                protocol,
+                seed,
+            } => {
+                self.result.name = name;
+                self.result.about = about;
+                self.result.file = file;
+                self.result.protocol = protocol;
+                self.result.seed = seed;
+            }
+            Event::StepStarted {
+                role,
+                op,
+                args,
+                location,
+                ..
+            } => {
+                let at = location.map(|l| format!(" at {l}")).unwrap_or_default();
+                self.in_flight = Some(format!("{op} {args} on {role}{at}"));
+            }
+            Event::Step(step) => {
+                self.in_flight = None;
+                self.push_step(step);
+            }
+            Event::Check(check) => self.result.checks.push(check),
+            Event::Latency { arc, ns } => self.result.latencies.entry(arc).or_default().push(ns),
+            Event::Transfer(t) => self.result.transfers.push(t),
+            Event::V1Iteration(it) => self.result.v1_iterations.push(it),
+            Event::Note { text } => self.result.notes.push(text),
+            Event::HarnessError { message } => self.harness_error = Some(message),
+            Event::CaseFinished { duration_ns } => {
+                self.result.duration_ns = duration_ns;
+                self.finished = true;
+            }
+        }
+    }
+
+    fn push_step(&mut self, step: StepRecord) {
+        let head = MAX_LOGGED_STEPS / 2;
+        if self.result.steps.len() < head {
+            self.result.steps.push(step);
+            return;
+        }
+        self.tail.push_back(step);
+        if self.tail.len() > MAX_LOGGED_STEPS - head {
+            self.tail.pop_front();
+            self.result.steps_elided += 1;
+        }
+    }
+
+    /// The case result with its outcome decided from the checks.
+    pub fn finish(mut self, strict: bool) -> CaseResult {
+        self.result.steps.extend(self.tail.drain(..));
+        self.result.outcome = case_outcome(&self.result.checks, strict);
+        if let Some(message) = self.harness_error.take() {
+            if !self.result.outcome.is_failure() {
+                self.result.outcome = Outcome::Error;
+            }
+            self.result.reason = Some(message);
+        }
+        self.result
+    }
+}
+
+/// A case fails on any failed MUST check; SHOULD failures warn (fail under
+/// `--strict`); DF and INFO deviations are notes and never fail.
+pub fn case_outcome(checks: &[CheckRecord], strict: bool) -> Outcome {
+    let failed = |s: Strength| {
+        checks
+            .iter()
+            .any(|c| c.verdict == Verdict::Fail && c.strength == s)
+    };
+    if failed(Strength::Must) || (strict && failed(Strength::Should)) {
+        Outcome::Fail
+    } else if failed(Strength::Should) {
+        Outcome::Warn
+    } else {
+        Outcome::Pass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StepReturn;
+
+    fn check(strength: Strength, verdict: Verdict) -> CheckRecord {
+        CheckRecord {
+            name: "c".into(),
+            ids: vec!["V2-FSM-03".into()],
+            strength,
+            verdict,
+            expected: String::new(),
+            observed: String::new(),
+            location: None,
+            known_failure: None,
+        }
+    }
+
+    fn step(index: u64) -> StepRecord {
+        StepRecord {
+            index,
+            role: "device".into(),
+            op: "GET MIG_DEVICE_STATE".into(),
+            args: String::new(),
+            ret: StepReturn::Ok(0),
+            state: Some("RUNNING".into()),
+            bytes: 0,
+            start_ns: index,
+            duration_ns: 1,
+            location: None,
+        }
+    }
+
+    #[test]
+    fn outcome_follows_strength() {
+        use Strength::*;
+        use Verdict::*;
+        assert_eq!(case_outcome(&[check(Must, Pass)], false), Outcome::Pass);
+        assert_eq!(case_outcome(&[check(Must, Fail)], false), Outcome::Fail);
+        assert_eq!(case_outcome(&[check(Should, Fail)], false), Outcome::Warn);
+        assert_eq!(case_outcome(&[check(Should, Fail)], true), Outcome::Fail);
+        assert_eq!(case_outcome(&[check(Df, Fail)], true), Outcome::Pass);
+        assert_eq!(case_outcome(&[check(Info, Fail)], false), Outcome::Pass);
+        assert_eq!(
+            case_outcome(&[check(Must, NotApplicable)], false),
+            Outcome::Pass
+        );
+    }
+
+    #[test]
+    fn long_step_logs_keep_head_and_tail() {
+        let mut fold = CaseFold::new(CaseResult::new("walk", "walks/w.yaml", "v2"));
+        let n = (MAX_LOGGED_STEPS + 500) as u64;
+        for i in 0..n {
+            fold.apply(Event::Step(step(i)));
+        }
+        let result = fold.finish(false);
+        assert_eq!(result.steps.len(), MAX_LOGGED_STEPS);
+        assert_eq!(result.steps_elided, 500);
+        assert_eq!(result.steps[0].index, 0);
+        assert_eq!(result.steps.last().unwrap().index, n - 1);
+        assert_eq!(
+            result.steps[MAX_LOGGED_STEPS / 2].index,
+            (MAX_LOGGED_STEPS / 2 + 500) as u64
+        );
+    }
+
+    #[test]
+    fn in_flight_step_is_known_until_it_finishes() {
+        let mut fold = CaseFold::new(CaseResult::new("c", "f", "v2"));
+        fold.apply(Event::StepStarted {
+            index: 0,
+            role: "device".into(),
+            op: "SET MIG_DEVICE_STATE".into(),
+            args: "STOP_COPY -> PRE_COPY".into(),
+            location: Some(SourceLoc {
+                file: "cases/v2/x.yaml".into(),
+                line: 4,
+                column: 5,
+            }),
+        });
+        assert_eq!(
+            fold.in_flight.as_deref(),
+            Some("SET MIG_DEVICE_STATE STOP_COPY -> PRE_COPY on device at cases/v2/x.yaml:4:5")
+        );
+        fold.apply(Event::Step(step(0)));
+        assert_eq!(fold.in_flight, None);
+    }
+
+    #[test]
+    fn events_round_trip_as_json_lines() {
+        let e = Event::Latency {
+            arc: "RUNNING>STOP".into(),
+            ns: 42,
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(line, r#"{"event":"latency","arc":"RUNNING>STOP","ns":42}"#);
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+    }
+}

@@ -1,0 +1,10 @@
+//! The results model of vfio-migtest and its renderers: `results.json`,
+//! KTAP, JUnit XML, a self-contained HTML report and a terminal summary.
+//! Renderers are pure functions of [`model::RunResults`].
+#![forbid(unsafe_code)]
+
+pub mod event;
+pub mod model;
+
+pub use event::{case_outcome, CaseFold, Event};
+pub use model::*;

@@ -1,0 +1,8 @@
+//! Everything about the VFIO migration uAPI and how to check it: the uAPI
+//! itself, the reference model, devices (real and simulated), scenarios and
+//! their execution.
+
+pub mod device;
+pub mod model;
+pub mod requirements;
+pub mod uapi;
