@@ -103,7 +103,13 @@ impl CaseFold {
                 self.in_flight = None;
                 self.push_step(step);
             }
-            Event::Check(check) => self.result.checks.push(check),
+            // A check seen again (a loop merging its runs) replaces the earlier record.
+            Event::Check(check) => {
+                match self.result.checks.iter_mut().find(|c| c.name == check.name) {
+                    Some(existing) => *existing = check,
+                    None => self.result.checks.push(check),
+                }
+            }
             Event::Latency { arc, ns } => self.result.latencies.entry(arc).or_default().push(ns),
             Event::Transfer(t) => self.result.transfers.push(t),
             Event::V1Iteration(it) => self.result.v1_iterations.push(it),

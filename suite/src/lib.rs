@@ -3,6 +3,8 @@
 //! their execution.
 
 pub mod device;
+pub mod exec;
 pub mod model;
 pub mod requirements;
+pub mod scenario;
 pub mod uapi;

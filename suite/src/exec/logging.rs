@@ -1,0 +1,351 @@
+//! DMA dirty logging (features 6, 7, 8), checked against the core's
+//! validation in `vfio_ioctl_device_feature_logging_*()`.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use super::*;
+use crate::device::{DeviceExt, FeatureRequest};
+use crate::scenario::Expect;
+use crate::uapi::*;
+
+/// The core's verdict on a START request: `Ok` or the errno it returns.
+pub fn expect_start(page_size: u64, ranges: &[(u64, u64)], num_ranges: u32) -> Result<(), Errno> {
+    if num_ranges == 0 {
+        return Err(Errno::EINVAL);
+    }
+    if num_ranges > LOG_MAX_RANGES {
+        return Err(Errno::E2BIG);
+    }
+    let aligned = |x: u64| page_size != 0 && x.is_multiple_of(page_size);
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    for i in 0..num_ranges as usize {
+        let (iova, length) = ranges.get(i).copied().unwrap_or((0, 0));
+        if !aligned(iova) || !aligned(length) {
+            return Err(Errno::EINVAL);
+        }
+        let Some(end) = iova.checked_add(length) else {
+            return Err(Errno::EOVERFLOW);
+        };
+        // An empty range has no last byte; the core then compares
+        // `iova - 1` as its last, which overlaps everything below it.
+        let last = end.wrapping_sub(1);
+        if seen.iter().any(|&(s, l)| s <= last && iova <= l) {
+            return Err(Errno::EINVAL);
+        }
+        seen.push((iova, last));
+    }
+    Ok(())
+}
+
+/// The core's verdict on a REPORT request before the driver sees it.
+pub fn expect_report(iova: u64, length: u64, page_size: u64) -> Result<(), Errno> {
+    if page_size < 4096 || !page_size.is_power_of_two() {
+        return Err(Errno::EINVAL);
+    }
+    if iova.checked_add(length).is_none() {
+        return Err(Errno::EOVERFLOW);
+    }
+    Ok(())
+}
+
+/// Bits pre-set in a REPORT bitmap: a driver may only add bits (V2-LOG-05).
+const PATTERN: u64 = 0x8000_0000_0000_0001;
+
+impl Exec<'_, '_> {
+    pub(super) fn logging_start(
+        &mut self,
+        role: Role,
+        page_size: u64,
+        ranges: &[(u64, u64)],
+        num_ranges: Option<u32>,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let num = num_ranges.unwrap_or(ranges.len() as u32);
+        let control = VfioDeviceFeatureDmaLoggingControl {
+            page_size,
+            num_ranges: num,
+            reserved: 0,
+            ranges: 0,
+        };
+        let mut req = FeatureRequest::new(
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+            VFIO_DEVICE_FEATURE_SET,
+            control.to_bytes(),
+        );
+        req.ranges = ranges
+            .iter()
+            .map(|&(iova, length)| VfioDeviceFeatureDmaLoggingRange { iova, length })
+            .collect();
+        let args = format!("page_size {page_size}, {num} ranges");
+        self.started(role, "SET DMA_LOGGING_START", &args, key);
+        let t0 = Instant::now();
+        let ctx = self.role(role)?;
+        let already = ctx.logging;
+        let r = ctx.dev.feature(&mut req);
+        let state = ctx.state;
+        if r.is_ok() {
+            ctx.logging = true;
+        }
+        let got = r.map(|()| 0);
+        self.record(
+            role,
+            "SET DMA_LOGGING_START",
+            args,
+            step_return(&got),
+            state,
+            0,
+            t0,
+            key,
+        );
+        if let Some((e, w)) = expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            self.check_result(key, e, w, &got);
+            return Ok(());
+        }
+        if already {
+            self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-LOG-02",
+                    r.is_err(),
+                    "a second START without STOP fails".into(),
+                    ret_text(&got),
+                ),
+            );
+            return Ok(());
+        }
+        match expect_start(page_size, ranges, num) {
+            Ok(()) => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-LOG-01",
+                    r.is_ok(),
+                    "valid ranges are accepted".into(),
+                    ret_text(&got),
+                ),
+            ),
+            Err(want) => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-LOG-01",
+                    r == Err(want),
+                    errno_name(want),
+                    ret_text(&got),
+                ),
+            ),
+        }
+        Ok(())
+    }
+
+    pub(super) fn logging_stop(
+        &mut self,
+        role: Role,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let mut req = FeatureRequest::new(
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
+            VFIO_DEVICE_FEATURE_SET,
+            Vec::new(),
+        );
+        self.started(role, "SET DMA_LOGGING_STOP", "", key);
+        let t0 = Instant::now();
+        let ctx = self.role(role)?;
+        let r = ctx.dev.feature(&mut req);
+        ctx.logging = false;
+        // The device must still answer after a STOP in any state.
+        let alive = ctx.dev.get_state();
+        let state = alive.ok();
+        let got = r.map(|()| 0);
+        self.record(
+            role,
+            "SET DMA_LOGGING_STOP",
+            String::new(),
+            step_return(&got),
+            state,
+            0,
+            t0,
+            key,
+        );
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None => self.check(
+                key,
+                Check::builtin(
+                    "survives",
+                    "V2-LOG-04",
+                    alive.is_ok(),
+                    "the device still answers GET MIG_DEVICE_STATE after STOP".into(),
+                    format!("STOP {}; GET {alive:?}", ret_text(&got)),
+                ),
+            ),
+        }
+        Ok(())
+    }
+
+    pub(super) fn logging_report(
+        &mut self,
+        role: Role,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let report = VfioDeviceFeatureDmaLoggingReport {
+            iova,
+            length,
+            page_size,
+            bitmap: 0,
+        };
+        let mut req = FeatureRequest::new(
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+            VFIO_DEVICE_FEATURE_GET,
+            report.to_bytes(),
+        );
+        let bits = if page_size == 0 {
+            0
+        } else {
+            length.div_ceil(page_size)
+        };
+        let words = usize::try_from(bits.div_ceil(64)).unwrap_or(0).max(1);
+        req.bitmap = (0..words)
+            .map(|i| if i % 2 == 0 { PATTERN } else { 0 })
+            .collect();
+        let before = req.bitmap.clone();
+        let args = format!("iova {iova:#x}, length {length:#x}, page_size {page_size}");
+        self.started(role, "GET DMA_LOGGING_REPORT", &args, key);
+        let t0 = Instant::now();
+        let ctx = self.role(role)?;
+        let logging = ctx.logging;
+        let r = ctx.dev.feature(&mut req);
+        let state = ctx.state;
+        let got = r.map(|()| 0);
+        self.record(
+            role,
+            "GET DMA_LOGGING_REPORT",
+            args,
+            step_return(&got),
+            state,
+            0,
+            t0,
+            key,
+        );
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None => match (expect_report(iova, length, page_size), logging) {
+                (Err(want), _) => self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-LOG-03",
+                        r == Err(want),
+                        errno_name(want),
+                        ret_text(&got),
+                    ),
+                ),
+                (Ok(()), false) => self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-LOG-03",
+                        r.is_err(),
+                        "REPORT fails while logging is off".into(),
+                        ret_text(&got),
+                    ),
+                ),
+                (Ok(()), true) => self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-LOG-04",
+                        r.is_ok(),
+                        "REPORT of a logged range succeeds".into(),
+                        ret_text(&got),
+                    ),
+                ),
+            },
+        }
+        if r.is_ok() {
+            let kept = req.bitmap.iter().zip(&before).all(|(a, b)| a & b == *b);
+            self.check(
+                key,
+                Check::builtin(
+                    "only-sets-bits",
+                    "V2-LOG-05",
+                    kept,
+                    "bits already set stay set".into(),
+                    if kept {
+                        "kept".into()
+                    } else {
+                        "a preset bit was cleared".into()
+                    },
+                ),
+            );
+            if let Some((e, want)) = expect.and_then(|e| e.clean.map(|w| (e, w))) {
+                let added: u32 = req
+                    .bitmap
+                    .iter()
+                    .zip(&before)
+                    .map(|(a, b)| (a & !b).count_ones())
+                    .sum();
+                self.check(
+                    key,
+                    Check {
+                        kind: "clean",
+                        ids: e.ids.clone(),
+                        strength: e.strength,
+                        pass: (added == 0) == want,
+                        expected: if want {
+                            "no dirty pages".into()
+                        } else {
+                            "dirty pages reported".into()
+                        },
+                        observed: format!("{added} dirty pages"),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_validation_follows_the_core() {
+        let p = 4096;
+        assert_eq!(expect_start(p, &[], 0), Err(Errno::EINVAL));
+        assert_eq!(
+            expect_start(p, &[(0, p)], LOG_MAX_RANGES + 1),
+            Err(Errno::E2BIG)
+        );
+        assert_eq!(expect_start(p, &[(1, p)], 1), Err(Errno::EINVAL));
+        assert_eq!(expect_start(p, &[(0, p + 1)], 1), Err(Errno::EINVAL));
+        assert_eq!(
+            expect_start(p, &[(u64::MAX - p + 1, 2 * p)], 1),
+            Err(Errno::EOVERFLOW)
+        );
+        assert_eq!(
+            expect_start(p, &[(0, 2 * p), (p, p)], 2),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(expect_start(p, &[(0, p), (p, p)], 2), Ok(()));
+        // Claiming more ranges than given: the missing ones read as zero.
+        assert_eq!(expect_start(p, &[(p, p)], 3), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn report_validation_follows_the_core() {
+        assert_eq!(expect_report(0, 1 << 20, 2048), Err(Errno::EINVAL));
+        assert_eq!(expect_report(0, 1 << 20, 12288), Err(Errno::EINVAL));
+        assert_eq!(expect_report(u64::MAX, 2, 4096), Err(Errno::EOVERFLOW));
+        assert_eq!(expect_report(0, 1 << 20, 4096), Ok(()));
+    }
+}

@@ -1,0 +1,665 @@
+//! Runs one scenario on its devices and emits [`Event`]s: every operation
+//! as a step record, every expectation as a check citing requirement IDs.
+//!
+//! The executor never blocks without a deadline: data-fd reads and writes
+//! poll first, with the case deadline as the limit; loops are bounded by
+//! the scenario (validated) or by the model.
+#![forbid(unsafe_code)]
+
+mod caps;
+mod logging;
+pub mod stream;
+mod v1;
+mod v2;
+mod walk;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use reports::{CheckRecord, Event, SourceLoc, StepRecord, StepReturn, Strength, Verdict};
+
+use crate::device::{DataFd, Device};
+use crate::model::MigrationFlags;
+use crate::requirements;
+use crate::scenario::{Op, Protocol, Role, Scenario, StateRef, StateSet, Step};
+use crate::uapi::{errno_name, Errno, MigState};
+
+pub use caps::{applicable, probe_caps, restore, DeviceCaps, RunSettings};
+use stream::StreamBuf;
+
+/// How a case runs.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Run arcs that hang kernels without the `vfio_mig_get_next_state()`
+    /// fix (V2-FSM-05).
+    pub include_dangerous: bool,
+    /// The run's seed; each case derives its own from it and its name.
+    pub seed: u64,
+    /// When the case must be over; blocking waits never go past it. Without
+    /// one, `io_timeout` bounds each wait.
+    pub deadline: Option<Instant>,
+    pub io_timeout: Duration,
+    /// Size of the one reused buffer for data-fd reads and writes.
+    pub buffer_size: usize,
+    /// Saved streams larger than this go to a temporary file.
+    pub spill_threshold: u64,
+    pub temp_dir: PathBuf,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            include_dangerous: false,
+            seed: 0,
+            deadline: None,
+            io_timeout: Duration::from_secs(10),
+            buffer_size: 1 << 20,
+            spill_threshold: 64 << 20,
+            temp_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// The devices of a case, by role.
+pub struct Devices<'a> {
+    pub device: &'a mut dyn Device,
+    pub destination: Option<&'a mut dyn Device>,
+    pub incompatible: Option<&'a mut dyn Device>,
+}
+
+/// The seed a case uses: the run seed mixed with the case name, so cases
+/// differ from each other but every run with the same seed repeats.
+pub fn case_seed(run_seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^ run_seed
+}
+
+/// Runs `scenario` and reports everything through `sink`. The last event is
+/// always `CaseFinished`.
+pub fn run(
+    scenario: &Scenario,
+    devices: Devices<'_>,
+    opts: &ExecOptions,
+    sink: &mut dyn FnMut(Event),
+) {
+    let start = Instant::now();
+    let seed = case_seed(opts.seed, &scenario.name);
+    sink(Event::CaseStarted {
+        name: scenario.name.clone(),
+        about: scenario.about.clone(),
+        file: scenario.file.clone(),
+        protocol: scenario.protocol.as_str().to_string(),
+        seed: Some(seed),
+    });
+    let mut exec = Exec::new(scenario.protocol, devices, opts, sink, start, seed);
+    let outcome = exec
+        .prepare()
+        .and_then(|()| exec.steps(&scenario.steps, &mut Vec::new()));
+    match outcome {
+        Ok(()) => {}
+        Err(Abort::Driver(reason)) => exec.note(format!("case stopped early: {reason}")),
+        Err(Abort::Harness(message)) => (exec.sink)(Event::HarnessError { message }),
+    }
+    exec.finish();
+    let duration_ns = nanos(start.elapsed());
+    sink(Event::CaseFinished { duration_ns });
+}
+
+/// Why a case cannot go on.
+#[derive(Debug)]
+pub(crate) enum Abort {
+    /// The device broke a rule that later steps depend on; the failed
+    /// check is already recorded.
+    Driver(String),
+    /// The harness or the environment failed (not the driver's fault).
+    Harness(String),
+}
+
+type Flow = Result<(), Abort>;
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A data session (the fd of a saving or resuming session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionKind {
+    Saving,
+    Resuming,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub fd: DataFd,
+    pub kind: SessionKind,
+    /// `initial_bytes + dirty_bytes` of the last precopy info (V2-PRECOPY-07).
+    pub precopy_budget: Option<u64>,
+    /// Precopy bytes read since that info.
+    pub precopy_read: u64,
+    /// The last precopy info seen: (initial_bytes, dirty_bytes, bytes read so far).
+    pub last_info: Option<(u64, u64, u64)>,
+    /// Bytes read or written on this session.
+    pub bytes: u64,
+}
+
+/// What the executor knows about one device.
+pub(crate) struct RoleCtx<'d> {
+    pub dev: &'d mut dyn Device,
+    pub flags: MigrationFlags,
+    /// The state the device is in, as far as the model and GETs tell.
+    pub state: Option<MigState>,
+    pub session: Option<Session>,
+    /// Fds of ended sessions, still open so `session_ended` can probe them.
+    pub ended: Vec<(DataFd, SessionKind)>,
+    /// When the device last stopped running (downtime starts).
+    pub stopped_at: Option<Instant>,
+    /// DMA logging started and not stopped.
+    pub logging: bool,
+    /// MIG_PRECOPY_INFOv2 was enabled by a SET of feature 12.
+    pub precopy_info_v2: bool,
+}
+
+/// Ended-session fds kept open for probing; older ones are closed.
+const MAX_ENDED_FDS: usize = 8;
+
+/// A check being aggregated: loops repeat the same check name.
+struct CheckAgg {
+    record: CheckRecord,
+    runs: u64,
+    failures: u64,
+}
+
+pub(crate) struct Exec<'a, 'd> {
+    pub opts: &'a ExecOptions,
+    pub sink: &'a mut dyn FnMut(Event),
+    pub protocol: Protocol,
+    roles: [Option<RoleCtx<'d>>; 3],
+    pub vars: HashMap<String, u64>,
+    pub buffers: HashMap<String, StreamBuf>,
+    start: Instant,
+    step_index: u64,
+    pub seed: u64,
+    /// `for_each` bindings in scope.
+    bindings: Vec<(String, u32)>,
+    checks: Vec<CheckAgg>,
+    check_index: HashMap<String, usize>,
+    /// The reused data buffer (never zero-filled after allocation).
+    pub buf: Vec<u8>,
+    /// Any MUST/SHOULD check failed so far.
+    pub failed: bool,
+}
+
+/// One role's context, borrowing only the roles (so the data buffer can be
+/// borrowed alongside).
+pub(crate) fn role_of<'r, 'd>(
+    roles: &'r mut [Option<RoleCtx<'d>>; 3],
+    role: Role,
+) -> Result<&'r mut RoleCtx<'d>, Abort> {
+    roles[role as usize]
+        .as_mut()
+        .ok_or_else(|| Abort::Harness(format!("no {role} device was given for this case")))
+}
+
+/// Names the checks of one step: `as:` label or position, plus loop values.
+#[derive(Debug, Clone)]
+pub(crate) struct StepKey {
+    pub prefix: String,
+    pub loc: Option<SourceLoc>,
+}
+
+impl StepKey {
+    pub fn name(&self, kind: &str) -> String {
+        format!("{}-{kind}", self.prefix)
+    }
+}
+
+/// One expectation outcome to record.
+pub(crate) struct Check<'s> {
+    pub kind: &'s str,
+    pub ids: Vec<String>,
+    pub strength: Strength,
+    pub pass: bool,
+    pub expected: String,
+    pub observed: String,
+}
+
+impl<'s> Check<'s> {
+    /// A built-in check: strength from the catalogue.
+    pub fn builtin(
+        kind: &'s str,
+        id: &str,
+        pass: bool,
+        expected: String,
+        observed: String,
+    ) -> Self {
+        Check {
+            kind,
+            ids: vec![id.to_string()],
+            strength: strength_of(id),
+            pass,
+            expected,
+            observed,
+        }
+    }
+}
+
+/// The catalogue strength of a requirement (MUST for unknown IDs, which
+/// validation rules out for scenario IDs).
+pub(crate) fn strength_of(id: &str) -> Strength {
+    requirements::find(id).map_or(Strength::Must, |r| r.strength)
+}
+
+pub(crate) fn ret_text(r: &Result<i64, Errno>) -> String {
+    match r {
+        Ok(v) => format!("returned {v}"),
+        Err(e) => format!("failed with {}", errno_name(*e)),
+    }
+}
+
+pub(crate) fn step_return(r: &Result<i64, Errno>) -> StepReturn {
+    match r {
+        Ok(v) => StepReturn::Ok(*v),
+        Err(e) => StepReturn::Errno {
+            name: errno_name(*e),
+            errno: *e as i32,
+        },
+    }
+}
+
+impl<'a, 'd> Exec<'a, 'd> {
+    fn new(
+        protocol: Protocol,
+        devices: Devices<'d>,
+        opts: &'a ExecOptions,
+        sink: &'a mut dyn FnMut(Event),
+        start: Instant,
+        seed: u64,
+    ) -> Self {
+        let role = |dev: &'d mut dyn Device| RoleCtx {
+            dev,
+            flags: MigrationFlags(0),
+            state: None,
+            session: None,
+            ended: Vec::new(),
+            stopped_at: None,
+            logging: false,
+            precopy_info_v2: false,
+        };
+        Exec {
+            opts,
+            sink,
+            protocol,
+            roles: [
+                Some(role(devices.device)),
+                devices.destination.map(role),
+                devices.incompatible.map(role),
+            ],
+            vars: HashMap::new(),
+            buffers: HashMap::new(),
+            start,
+            step_index: 0,
+            seed,
+            bindings: Vec::new(),
+            checks: Vec::new(),
+            check_index: HashMap::new(),
+            buf: vec![0u8; opts.buffer_size.max(4096)],
+            failed: false,
+        }
+    }
+
+    /// Reads each device's MIGRATION flags and state (v2) so the model can
+    /// predict every step.
+    fn prepare(&mut self) -> Flow {
+        if self.protocol != Protocol::V2 {
+            return Ok(());
+        }
+        for role in Role::ALL {
+            let Some(ctx) = self.roles[role as usize].as_mut() else {
+                continue;
+            };
+            use crate::device::DeviceExt;
+            ctx.flags = ctx.dev.migration_flags().map_err(|e| {
+                Abort::Harness(format!(
+                    "{role}: GET MIGRATION failed with {}: the device does not support migration v2",
+                    errno_name(e)
+                ))
+            })?;
+            ctx.state = match ctx.dev.get_state() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    return Err(Abort::Harness(format!(
+                        "{role}: GET MIG_DEVICE_STATE failed with {}",
+                        errno_name(e)
+                    )))
+                }
+            };
+        }
+        Ok(())
+    }
+
+    pub fn role(&mut self, role: Role) -> Result<&mut RoleCtx<'d>, Abort> {
+        role_of(&mut self.roles, role)
+    }
+
+    pub fn elapsed_ns(&self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.start))
+    }
+
+    /// How long a blocking wait may take now.
+    pub fn wait_budget(&self) -> Duration {
+        match self.opts.deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => self.opts.io_timeout,
+        }
+    }
+
+    pub fn note(&mut self, text: String) {
+        (self.sink)(Event::Note { text });
+    }
+
+    pub fn started(&mut self, role: Role, op: &str, args: &str, key: &StepKey) {
+        (self.sink)(Event::StepStarted {
+            index: self.step_index,
+            role: role.as_str().to_string(),
+            op: op.to_string(),
+            args: args.to_string(),
+            location: key.loc.clone(),
+        });
+    }
+
+    /// Records one executed operation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &mut self,
+        role: Role,
+        op: &str,
+        args: String,
+        ret: StepReturn,
+        state: Option<MigState>,
+        bytes: u64,
+        t0: Instant,
+        key: &StepKey,
+    ) {
+        let rec = StepRecord {
+            index: self.step_index,
+            role: role.as_str().to_string(),
+            op: op.to_string(),
+            args,
+            ret,
+            state: state.map(|s| s.name().to_string()),
+            bytes,
+            start_ns: self.elapsed_ns(t0),
+            duration_ns: nanos(t0.elapsed()),
+            location: key.loc.clone(),
+        };
+        self.step_index += 1;
+        (self.sink)(Event::Step(rec));
+    }
+
+    /// Records a check; the same name seen again (in a loop) is merged
+    /// into one record that fails if any run failed.
+    pub fn check(&mut self, key: &StepKey, c: Check) {
+        let name = key.name(c.kind);
+        let verdict = if c.pass { Verdict::Pass } else { Verdict::Fail };
+        if !c.pass && matches!(c.strength, Strength::Must | Strength::Should) {
+            self.failed = true;
+        }
+        if let Some(&i) = self.check_index.get(&name) {
+            let agg = &mut self.checks[i];
+            agg.runs += 1;
+            if !c.pass {
+                agg.failures += 1;
+                if agg.record.verdict != Verdict::Fail {
+                    agg.record.verdict = Verdict::Fail;
+                    agg.record.expected = c.expected;
+                    agg.record.observed = c.observed;
+                    (self.sink)(Event::Check(agg.record.clone()));
+                }
+            }
+            return;
+        }
+        let record = CheckRecord {
+            name: name.clone(),
+            ids: c.ids,
+            strength: c.strength,
+            verdict,
+            expected: c.expected,
+            observed: c.observed,
+            location: key.loc.clone(),
+            known_failure: None,
+        };
+        (self.sink)(Event::Check(record.clone()));
+        self.check_index.insert(name, self.checks.len());
+        self.checks.push(CheckAgg {
+            record,
+            runs: 1,
+            failures: u64::from(!c.pass),
+        });
+    }
+
+    /// Final records for merged checks, with how often they ran; closes
+    /// every data fd the case still holds.
+    fn finish(&mut self) {
+        for agg in &mut self.checks {
+            if agg.runs > 1 {
+                agg.record.observed = if agg.failures > 0 {
+                    format!(
+                        "{} (failed {} of {} times)",
+                        agg.record.observed, agg.failures, agg.runs
+                    )
+                } else {
+                    format!("{} ({} times)", agg.record.observed, agg.runs)
+                };
+                (self.sink)(Event::Check(agg.record.clone()));
+            }
+        }
+        for ctx in self.roles.iter_mut().flatten() {
+            if let Some(s) = ctx.session.take() {
+                let _ = ctx.dev.data_close(s.fd);
+            }
+            for (fd, _) in ctx.ended.drain(..) {
+                let _ = ctx.dev.data_close(fd);
+            }
+        }
+    }
+
+    /// Ends the role's current session, keeping its fd open for probing.
+    pub fn end_session(&mut self, role: Role) -> Result<(), Abort> {
+        let ctx = self.role(role)?;
+        if let Some(s) = ctx.session.take() {
+            ctx.ended.push((s.fd, s.kind));
+            if ctx.ended.len() > MAX_ENDED_FDS {
+                let (old, _) = ctx.ended.remove(0);
+                let _ = ctx.dev.data_close(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// The key that names a step's checks.
+    fn key(&self, step: &Step, path: &[usize]) -> StepKey {
+        let mut prefix = match &step.label {
+            Some(l) => l.clone(),
+            None => format!(
+                "s{}",
+                path.iter()
+                    .map(|i| (i + 1).to_string())
+                    .collect::<Vec<_>>()
+                    .join("-")
+            ),
+        };
+        for (_, v) in &self.bindings {
+            prefix.push('-');
+            prefix.push_str(&crate::uapi::state_name(*v));
+        }
+        StepKey {
+            prefix,
+            loc: Some(step.loc.clone()),
+        }
+    }
+
+    pub fn resolve_state(&self, s: &StateRef) -> Result<u32, Abort> {
+        match s {
+            StateRef::Value(v) => Ok(*v),
+            StateRef::Var(name) => self
+                .bindings
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| Abort::Harness(format!("`${name}` is not bound"))),
+        }
+    }
+
+    fn steps(&mut self, steps: &[Step], path: &mut Vec<usize>) -> Flow {
+        for (i, step) in steps.iter().enumerate() {
+            path.push(i);
+            let r = self.step(step, path);
+            path.pop();
+            r?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: &Step, path: &mut Vec<usize>) -> Flow {
+        let key = self.key(step, path);
+        match &step.op {
+            Op::Repeat { times, steps } => {
+                for _ in 0..*times {
+                    self.steps(steps, path)?;
+                }
+                Ok(())
+            }
+            Op::ForEach { vars, steps } => self.for_each(step.role, vars, steps, path),
+            Op::Sleep(d) => {
+                std::thread::sleep((*d).min(self.wait_budget()));
+                Ok(())
+            }
+            Op::Walk {
+                steps,
+                seed,
+                invalid,
+            } => self.walk(step.role, *steps, *seed, *invalid, &key),
+            op if v1::handles(op) => self.v1_op(step, &key),
+            _ => self.v2_op(step, &key),
+        }
+    }
+
+    fn for_each(
+        &mut self,
+        role: Role,
+        vars: &[(String, StateSet)],
+        steps: &[Step],
+        path: &mut Vec<usize>,
+    ) -> Flow {
+        let flags = self.role(role)?.flags;
+        let sets: Vec<Vec<u32>> = vars.iter().map(|(_, s)| state_set(flags, s)).collect();
+        let mut idx = vec![0usize; sets.len()];
+        if sets.iter().any(Vec::is_empty) {
+            return Ok(());
+        }
+        loop {
+            for (i, (name, _)) in vars.iter().enumerate() {
+                self.bindings.push((name.clone(), sets[i][idx[i]]));
+            }
+            let r = self.steps(steps, path);
+            self.bindings.truncate(self.bindings.len() - vars.len());
+            r?;
+            // Odometer over the cartesian product, last variable fastest.
+            let mut d = sets.len();
+            loop {
+                if d == 0 {
+                    return Ok(());
+                }
+                d -= 1;
+                idx[d] += 1;
+                if idx[d] < sets[d].len() {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+    }
+}
+
+/// The states a `for_each` set stands for on a device with `flags`.
+pub fn state_set(flags: MigrationFlags, set: &StateSet) -> Vec<u32> {
+    match set {
+        StateSet::Supported => flags.supported_states().iter().map(|s| s.raw()).collect(),
+        StateSet::All => MigState::ALL.iter().map(|s| s.raw()).collect(),
+        StateSet::Invalid => MigState::ALL
+            .iter()
+            .filter(|s| !flags.supports(**s))
+            .map(|s| s.raw())
+            .chain([8, 99])
+            .collect(),
+        StateSet::List(v) => v.clone(),
+    }
+}
+
+/// The requirement IDs an operation checks on its own, without `expect`
+/// (for coverage: which rules a case can catch).
+pub fn builtin_ids(op: &Op, protocol: Protocol) -> &'static [&'static str] {
+    const SET: &[&str] = &[
+        "V2-FSM-02",
+        "V2-FSM-03",
+        "V2-FSM-04",
+        "V2-FSM-05",
+        "V2-FSM-06",
+        "V2-FSM-07",
+        "V2-FSM-08",
+        "V2-FSM-10",
+        "V2-RESET-03",
+    ];
+    match op {
+        Op::GetState => &["V2-FSM-02", "V2-FSM-11"],
+        Op::SetState(_) | Op::Walk { .. } => SET,
+        Op::MigrationFlags => &["V2-FEAT-10"],
+        Op::DataSize => &["V2-SIZE-01"],
+        Op::PrecopyInfo { .. } => &[
+            "V2-PRECOPY-01",
+            "V2-PRECOPY-02",
+            "V2-PRECOPY-03",
+            "V2-PRECOPY-04",
+            "V2-PRECOPY-05",
+            "V2-PRECOPY-09",
+        ],
+        Op::Read { .. } => &[
+            "V2-SAVE-01",
+            "V2-SAVE-02",
+            "V2-PRECOPY-06",
+            "V2-PRECOPY-07",
+            "KERNEL-02",
+        ],
+        Op::Pread { .. } => &["V2-SAVE-04"],
+        Op::Pwrite { .. } => &["V2-RESUME-07"],
+        Op::Write(_) => &["KERNEL-02"],
+        Op::DataIoctl { .. } => &["V2-PRECOPY-03"],
+        Op::Cloexec => &["V2-SAVE-06"],
+        Op::SessionEnded => &["V2-FSM-09", "V2-SAVE-05", "V2-FSM-13"],
+        Op::Save { .. } => &[
+            "V2-FSM-03",
+            "V2-FSM-07",
+            "V2-FSM-08",
+            "V2-SAVE-01",
+            "V2-SAVE-02",
+            "V2-SIZE-03",
+            "V2-SIZE-04",
+        ],
+        Op::Resume(_) | Op::Pipe { .. } => &["V2-RESUME-01", "V2-RESUME-03"],
+        Op::Reset => match protocol {
+            Protocol::V2 => &["V2-RESET-01", "V2-RESET-02"],
+            Protocol::V1 => &["V1-STATE-05"],
+        },
+        Op::LoggingStart { .. } => &["V2-LOG-01", "V2-LOG-02"],
+        Op::LoggingStop => &["V2-LOG-04"],
+        Op::LoggingReport { .. } => &["V2-LOG-03", "V2-LOG-04", "V2-LOG-05"],
+        Op::MigrationRegion => &["V1-REGION-01"],
+        op => v1::builtin_ids(op),
+    }
+}
