@@ -126,6 +126,17 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// What ended a data session, for the requirement its probe checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndedBy {
+    /// A SET left the saving group or RESUMING (V2-FSM-09, V2-SAVE-05).
+    Transition,
+    /// VFIO_DEVICE_RESET (V2-RESET-02).
+    Reset,
+    /// The device fd was closed (V2-FSM-13).
+    DeviceClosed,
+}
+
 /// A data session (the fd of a saving or resuming session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionKind {
@@ -154,8 +165,9 @@ pub(crate) struct RoleCtx<'d> {
     /// The state the device is in, as far as the model and GETs tell.
     pub state: Option<MigState>,
     pub session: Option<Session>,
-    /// Fds of ended sessions, still open so `session_ended` can probe them.
-    pub ended: Vec<(DataFd, SessionKind)>,
+    /// Fds of ended sessions, still open so `session_ended` can probe them,
+    /// with what ended them.
+    pub ended: Vec<(DataFd, SessionKind, EndedBy)>,
     /// When the device last stopped running (downtime starts).
     pub stopped_at: Option<Instant>,
     /// DMA logging started and not stopped.
@@ -462,19 +474,19 @@ impl<'a, 'd> Exec<'a, 'd> {
             if let Some(s) = ctx.session.take() {
                 let _ = ctx.dev.data_close(s.fd);
             }
-            for (fd, _) in ctx.ended.drain(..) {
+            for (fd, _, _) in ctx.ended.drain(..) {
                 let _ = ctx.dev.data_close(fd);
             }
         }
     }
 
     /// Ends the role's current session, keeping its fd open for probing.
-    pub fn end_session(&mut self, role: Role) -> Result<(), Abort> {
+    pub fn end_session(&mut self, role: Role, by: EndedBy) -> Result<(), Abort> {
         let ctx = self.role(role)?;
         if let Some(s) = ctx.session.take() {
-            ctx.ended.push((s.fd, s.kind));
+            ctx.ended.push((s.fd, s.kind, by));
             if ctx.ended.len() > MAX_ENDED_FDS {
-                let (old, _) = ctx.ended.remove(0);
+                let (old, _, _) = ctx.ended.remove(0);
                 let _ = ctx.dev.data_close(old);
             }
         }
@@ -641,7 +653,8 @@ pub fn builtin_ids(op: &Op, protocol: Protocol) -> &'static [&'static str] {
         Op::Write(_) => &["KERNEL-02"],
         Op::DataIoctl { .. } => &["V2-PRECOPY-03"],
         Op::Cloexec => &["V2-SAVE-06"],
-        Op::SessionEnded => &["V2-FSM-09", "V2-SAVE-05", "V2-FSM-13"],
+        Op::SessionEnded => &["V2-FSM-09", "V2-SAVE-05", "V2-FSM-13", "V2-RESET-02"],
+        Op::ErrorState => &["V2-RESET-03", "V2-RESET-01"],
         Op::Save { .. } => &[
             "V2-FSM-03",
             "V2-FSM-07",

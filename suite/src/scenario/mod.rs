@@ -52,6 +52,8 @@ pub struct Requires {
     pub logging: bool,
     /// Two saves of an unchanged device give the same bytes.
     pub deterministic_stream: bool,
+    /// MIG_PRECOPY_INFOv2 (feature 12).
+    pub precopy_info_v2: bool,
 }
 
 /// The device a step runs on.
@@ -213,6 +215,9 @@ pub enum Op {
     Cloexec,
     CloseDataFd,
     SessionEnded,
+    /// If the device is in ERROR: SET must fail and only reset leaves it
+    /// (V2-RESET-03); otherwise the check does not apply.
+    ErrorState,
     Save {
         into: String,
         chunk: u64,
@@ -294,6 +299,7 @@ impl Op {
             Op::Cloexec => "cloexec",
             Op::CloseDataFd => "close_data_fd",
             Op::SessionEnded => "session_ended",
+            Op::ErrorState => "error_state",
             Op::Save { .. } => "save",
             Op::Resume(_) => "resume",
             Op::Pipe { .. } => "pipe",

@@ -38,6 +38,8 @@ pub struct RawRequires {
     pub logging: bool,
     #[serde(default)]
     pub deterministic_stream: bool,
+    #[serde(default)]
+    pub precopy_info_v2: bool,
 }
 
 /// A size: a plain byte count or a string with a unit (`7`, `4KiB`, `1MiB`).
@@ -406,6 +408,7 @@ pub enum RawOp {
     Cloexec,
     CloseDataFd,
     SessionEnded,
+    ErrorState,
     Save(RawSave),
     Resume(RawWrite),
     Pipe(RawPipe),
@@ -445,6 +448,7 @@ pub const OPS: &[&str] = &[
     "cloexec",
     "close_data_fd",
     "session_ended",
+    "error_state",
     "save",
     "resume",
     "pipe",
@@ -586,6 +590,7 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
         "cloexec" => map.next_value::<NoArgs>().map(|_| RawOp::Cloexec)?,
         "close_data_fd" => map.next_value::<NoArgs>().map(|_| RawOp::CloseDataFd)?,
         "session_ended" => map.next_value::<NoArgs>().map(|_| RawOp::SessionEnded)?,
+        "error_state" => map.next_value::<NoArgs>().map(|_| RawOp::ErrorState)?,
         "save" => RawOp::Save(map.next_value()?),
         "resume" => RawOp::Resume(map.next_value()?),
         "pipe" => RawOp::Pipe(map.next_value()?),

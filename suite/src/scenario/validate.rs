@@ -165,6 +165,7 @@ fn requires(ctx: &Ctx, r: &Spanned<RawRequires>) -> R<(Protocol, Requires)> {
             incompatible: raw.incompatible,
             logging: raw.logging,
             deterministic_stream: raw.deterministic_stream,
+            precopy_info_v2: raw.precopy_info_v2,
         },
     ))
 }
@@ -283,6 +284,7 @@ fn check_protocol(ctx: &Ctx, op: &Op, at: &Location) -> R<()> {
             | Op::Cloexec
             | Op::CloseDataFd
             | Op::SessionEnded
+            | Op::ErrorState
             | Op::Save { .. }
             | Op::Resume(_)
             | Op::Pipe { .. }
@@ -552,6 +554,7 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
         RawOp::Cloexec => Op::Cloexec,
         RawOp::CloseDataFd => Op::CloseDataFd,
         RawOp::SessionEnded => Op::SessionEnded,
+        RawOp::ErrorState => Op::ErrorState,
         RawOp::Save(s) => {
             let into = buffer_name(ctx, &s.into)?;
             ctx.buffers.insert(into.clone());
@@ -944,6 +947,7 @@ fn observable(op: &Op) -> &'static [&'static str] {
         Op::Cloexec
         | Op::CloseDataFd
         | Op::SessionEnded
+        | Op::ErrorState
         | Op::CloseDevice
         | Op::Reopen
         | Op::Sleep(_)
