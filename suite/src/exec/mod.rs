@@ -174,6 +174,8 @@ pub(crate) struct RoleCtx<'d> {
     pub logging: bool,
     /// MIG_PRECOPY_INFOv2 was enabled by a SET of feature 12.
     pub precopy_info_v2: bool,
+    /// The v1 migration region, found when a v1 case starts.
+    pub region: Option<v1::V1Region>,
 }
 
 /// Ended-session fds kept open for probing; older ones are closed.
@@ -301,6 +303,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             stopped_at: None,
             logging: false,
             precopy_info_v2: false,
+            region: None,
         };
         Exec {
             opts,
@@ -327,8 +330,8 @@ impl<'a, 'd> Exec<'a, 'd> {
     /// Reads each device's MIGRATION flags and state (v2) so the model can
     /// predict every step.
     fn prepare(&mut self) -> Flow {
-        if self.protocol != Protocol::V2 {
-            return Ok(());
+        if self.protocol == Protocol::V1 {
+            return self.prepare_v1();
         }
         for role in Role::ALL {
             let Some(ctx) = self.roles[role as usize].as_mut() else {
@@ -557,7 +560,11 @@ impl<'a, 'd> Exec<'a, 'd> {
                 seed,
                 invalid,
             } => self.walk(step.role, *steps, *seed, *invalid, &key),
-            op if v1::handles(op) => self.v1_op(step, &key),
+            op if v1::handles(op)
+                || (self.protocol == Protocol::V1 && matches!(op, Op::Reset | Op::ErrorState)) =>
+            {
+                self.v1_op(step, &key)
+            }
             _ => self.v2_op(step, &key),
         }
     }
@@ -654,7 +661,10 @@ pub fn builtin_ids(op: &Op, protocol: Protocol) -> &'static [&'static str] {
         Op::DataIoctl { .. } => &["V2-PRECOPY-03"],
         Op::Cloexec => &["V2-SAVE-06"],
         Op::SessionEnded => &["V2-FSM-09", "V2-SAVE-05", "V2-FSM-13", "V2-RESET-02"],
-        Op::ErrorState => &["V2-RESET-03", "V2-RESET-01"],
+        Op::ErrorState => match protocol {
+            Protocol::V2 => &["V2-RESET-03", "V2-RESET-01"],
+            Protocol::V1 => &["V1-STATE-05"],
+        },
         Op::Save { .. } => &[
             "V2-FSM-03",
             "V2-FSM-07",

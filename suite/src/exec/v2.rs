@@ -136,7 +136,8 @@ impl Exec<'_, '_> {
             | Op::ReadField { .. }
             | Op::WriteField { .. }
             | Op::V1Save { .. }
-            | Op::V1Resume { .. } => unreachable!("dispatched in Exec::step"),
+            | Op::V1Resume { .. }
+            | Op::V1Freeze { .. } => unreachable!("dispatched in Exec::step"),
         }
     }
 

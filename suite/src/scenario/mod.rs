@@ -54,6 +54,8 @@ pub struct Requires {
     pub deterministic_stream: bool,
     /// MIG_PRECOPY_INFOv2 (feature 12).
     pub precopy_info_v2: bool,
+    /// A device without migration v2 (for the ENOTTY rules of V2-FEAT-08).
+    pub without_v2: bool,
 }
 
 /// The device a step runs on.
@@ -277,6 +279,15 @@ pub enum Op {
         from: String,
         chunk: V1Chunking,
         mutation: Mutation,
+        /// Leave RESUMING for running (`true`) or stop.
+        then_running: bool,
+    },
+    /// Resumes `from` twice and saves with and without region accesses
+    /// between clearing _RUNNING and the first `pending_bytes` read, to
+    /// tell which freeze point the device shows (V1-STATE-06).
+    V1Freeze {
+        from: String,
+        touches: u32,
     },
 }
 
@@ -320,6 +331,7 @@ impl Op {
             Op::WriteField { .. } => "write_field",
             Op::V1Save { .. } => "v1_save",
             Op::V1Resume { .. } => "v1_resume",
+            Op::V1Freeze { .. } => "v1_freeze",
         }
     }
 }

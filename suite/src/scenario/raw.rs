@@ -40,6 +40,8 @@ pub struct RawRequires {
     pub deterministic_stream: bool,
     #[serde(default)]
     pub precopy_info_v2: bool,
+    #[serde(default)]
+    pub without_v2: bool,
 }
 
 /// A size: a plain byte count or a string with a unit (`7`, `4KiB`, `1MiB`).
@@ -388,6 +390,17 @@ pub struct RawV1Resume {
     pub truncate: Option<S<RawSize>>,
     #[serde(default)]
     pub corrupt: Vec<S<RawSize>>,
+    /// The state to leave RESUMING for: `stop` (default) or `running`.
+    #[serde(default)]
+    pub then: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawV1Freeze {
+    pub from: S<String>,
+    #[serde(default)]
+    pub touches: Option<S<u32>>,
 }
 
 /// The operation of one step, keyed by its name in the file.
@@ -429,6 +442,7 @@ pub enum RawOp {
     WriteField(RawWriteField),
     V1Save(RawV1Save),
     V1Resume(RawV1Resume),
+    V1Freeze(RawV1Freeze),
 }
 
 /// Operation names, as accepted in a step and listed in errors.
@@ -469,6 +483,7 @@ pub const OPS: &[&str] = &[
     "write_field",
     "v1_save",
     "v1_resume",
+    "v1_freeze",
 ];
 
 #[derive(Debug)]
@@ -617,6 +632,7 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
         "write_field" => RawOp::WriteField(map.next_value()?),
         "v1_save" => RawOp::V1Save(map.next_value()?),
         "v1_resume" => RawOp::V1Resume(map.next_value()?),
+        "v1_freeze" => RawOp::V1Freeze(map.next_value()?),
         other => return Err(de::Error::unknown_field(other, OPS)),
     })
 }
