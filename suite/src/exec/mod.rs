@@ -663,7 +663,7 @@ pub fn builtin_ids(op: &Op, protocol: Protocol) -> &'static [&'static str] {
         Op::SessionEnded => &["V2-FSM-09", "V2-SAVE-05", "V2-FSM-13", "V2-RESET-02"],
         Op::ErrorState => match protocol {
             Protocol::V2 => &["V2-RESET-03", "V2-RESET-01"],
-            Protocol::V1 => &["V1-STATE-05"],
+            Protocol::V1 => &["V1-STATE-05", "V1-ERR-01"],
         },
         Op::Save { .. } => &[
             "V2-FSM-03",
@@ -677,7 +677,7 @@ pub fn builtin_ids(op: &Op, protocol: Protocol) -> &'static [&'static str] {
         Op::Resume(_) | Op::Pipe { .. } => &["V2-RESUME-01", "V2-RESUME-03"],
         Op::Reset => match protocol {
             Protocol::V2 => &["V2-RESET-01", "V2-RESET-02"],
-            Protocol::V1 => &["V1-STATE-05"],
+            Protocol::V1 => &["V1-STATE-01", "V1-STATE-05", "V1-ERR-01"],
         },
         Op::LoggingStart { .. } => &["V2-LOG-01", "V2-LOG-02"],
         Op::LoggingStop => &["V2-LOG-04"],
