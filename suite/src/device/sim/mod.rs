@@ -33,21 +33,55 @@ impl Simulator {
 }
 
 impl Device for Simulator {
-    fn description(&self) -> &DeviceDescription { &self.desc }
-    fn feature(&mut self, _req: &mut FeatureRequest) -> Result<(), Errno> { Err(Errno::ENOTTY) }
-    fn reset(&mut self) -> Result<(), Errno> { Err(Errno::ENOTTY) }
-    fn device_info_raw(&mut self, _buf: &mut [u8]) -> Result<(), Errno> { Err(Errno::ENOTTY) }
-    fn region_info_raw(&mut self, _buf: &mut [u8]) -> Result<(), Errno> { Err(Errno::ENOTTY) }
-    fn region_read(&mut self, _o: u64, _b: &mut [u8]) -> Result<usize, Errno> { Err(Errno::EINVAL) }
-    fn region_write(&mut self, _o: u64, _b: &[u8]) -> Result<usize, Errno> { Err(Errno::EINVAL) }
-    fn data_read(&mut self, _fd: DataFd, _b: &mut [u8]) -> Result<usize, Errno> { Err(Errno::EBADF) }
-    fn data_write(&mut self, _fd: DataFd, _b: &[u8]) -> Result<usize, Errno> { Err(Errno::EBADF) }
-    fn data_pread(&mut self, _fd: DataFd, _b: &mut [u8], _o: u64) -> Result<usize, Errno> { Err(Errno::EBADF) }
-    fn data_pwrite(&mut self, _fd: DataFd, _b: &[u8], _o: u64) -> Result<usize, Errno> { Err(Errno::EBADF) }
-    fn data_poll(&mut self, _fd: DataFd, _e: PollFlags, _t: Duration) -> Result<PollFlags, Errno> { Err(Errno::EBADF) }
-    fn data_ioctl(&mut self, _fd: DataFd, _r: u64, _a: &mut [u8]) -> Result<i32, Errno> { Err(Errno::EBADF) }
-    fn data_cloexec(&mut self, _fd: DataFd) -> Result<bool, Errno> { Err(Errno::EBADF) }
-    fn data_close(&mut self, _fd: DataFd) -> Result<(), Errno> { Err(Errno::EBADF) }
-    fn close_device(&mut self) -> Result<(), Errno> { Ok(()) }
-    fn reopen(&mut self) -> Result<(), Errno> { Ok(()) }
+    fn description(&self) -> &DeviceDescription {
+        &self.desc
+    }
+    fn feature(&mut self, _req: &mut FeatureRequest) -> Result<(), Errno> {
+        Err(Errno::ENOTTY)
+    }
+    fn reset(&mut self) -> Result<(), Errno> {
+        Err(Errno::ENOTTY)
+    }
+    fn device_info_raw(&mut self, _buf: &mut [u8]) -> Result<(), Errno> {
+        Err(Errno::ENOTTY)
+    }
+    fn region_info_raw(&mut self, _buf: &mut [u8]) -> Result<(), Errno> {
+        Err(Errno::ENOTTY)
+    }
+    fn region_read(&mut self, _o: u64, _b: &mut [u8]) -> Result<usize, Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn region_write(&mut self, _o: u64, _b: &[u8]) -> Result<usize, Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn data_read(&mut self, _fd: DataFd, _b: &mut [u8]) -> Result<usize, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn data_write(&mut self, _fd: DataFd, _b: &[u8]) -> Result<usize, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn data_pread(&mut self, _fd: DataFd, _b: &mut [u8], _o: u64) -> Result<usize, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn data_pwrite(&mut self, _fd: DataFd, _b: &[u8], _o: u64) -> Result<usize, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn data_poll(&mut self, _fd: DataFd, _e: PollFlags, _t: Duration) -> Result<PollFlags, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn data_ioctl(&mut self, _fd: DataFd, _r: u64, _a: &mut [u8]) -> Result<i32, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn data_cloexec(&mut self, _fd: DataFd) -> Result<bool, Errno> {
+        Err(Errno::EBADF)
+    }
+    fn data_close(&mut self, _fd: DataFd) -> Result<(), Errno> {
+        Err(Errno::EBADF)
+    }
+    fn close_device(&mut self) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn reopen(&mut self) -> Result<(), Errno> {
+        Ok(())
+    }
 }
