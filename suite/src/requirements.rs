@@ -26,7 +26,7 @@ mod tests {
     #[test]
     fn catalogue_loads_with_unique_ids() {
         let all = all();
-        assert!(all.len() >= 76);
+        assert!(all.len() >= 79);
         let mut ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();

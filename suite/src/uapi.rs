@@ -25,6 +25,8 @@ const fn vfio_io(offset: u8) -> u64 {
 
 pub const VFIO_API_VERSION: i32 = 0;
 pub const VFIO_TYPE1V2_IOMMU: u64 = 3;
+/// The IOMMU type of a container holding a no-IOMMU group (`/dev/vfio/noiommu-N`).
+pub const VFIO_NOIOMMU_IOMMU: u64 = 8;
 
 pub const VFIO_GET_API_VERSION: u64 = vfio_io(0);
 pub const VFIO_CHECK_EXTENSION: u64 = vfio_io(1);
@@ -561,6 +563,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // ioctl_num_type is u64 on glibc but c_int on musl: the cast is needed there.
+    #[allow(clippy::unnecessary_cast)]
     fn request_numbers_match_the_io_macro() {
         assert_eq!(VFIO_DEVICE_FEATURE, nix::request_code_none!(b';', 117));
         assert_eq!(

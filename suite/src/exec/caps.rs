@@ -135,6 +135,12 @@ pub fn applicable(
             "device does not support DMA logging (PROBE of DMA_LOGGING_START failed)".into(),
         );
     }
+    if s.requires.without_v2 && device.migration_flags.is_some() {
+        return Err("for devices without migration v2; this one has it".into());
+    }
+    if s.requires.precopy_info_v2 && !device.precopy_info_v2 {
+        return Err("device does not offer MIG_PRECOPY_INFOv2 (feature 12)".into());
+    }
     if s.requires.deterministic_stream && !settings.deterministic_stream {
         return Err("the device profile says its streams are not deterministic".into());
     }

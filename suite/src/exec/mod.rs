@@ -126,6 +126,17 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// What ended a data session, for the requirement its probe checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndedBy {
+    /// A SET left the saving group or RESUMING (V2-FSM-09, V2-SAVE-05).
+    Transition,
+    /// VFIO_DEVICE_RESET (V2-RESET-02).
+    Reset,
+    /// The device fd was closed (V2-FSM-13).
+    DeviceClosed,
+}
+
 /// A data session (the fd of a saving or resuming session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionKind {
@@ -154,14 +165,17 @@ pub(crate) struct RoleCtx<'d> {
     /// The state the device is in, as far as the model and GETs tell.
     pub state: Option<MigState>,
     pub session: Option<Session>,
-    /// Fds of ended sessions, still open so `session_ended` can probe them.
-    pub ended: Vec<(DataFd, SessionKind)>,
+    /// Fds of ended sessions, still open so `session_ended` can probe them,
+    /// with what ended them.
+    pub ended: Vec<(DataFd, SessionKind, EndedBy)>,
     /// When the device last stopped running (downtime starts).
     pub stopped_at: Option<Instant>,
     /// DMA logging started and not stopped.
     pub logging: bool,
     /// MIG_PRECOPY_INFOv2 was enabled by a SET of feature 12.
     pub precopy_info_v2: bool,
+    /// The v1 migration region, found when a v1 case starts.
+    pub region: Option<v1::V1Region>,
 }
 
 /// Ended-session fds kept open for probing; older ones are closed.
@@ -289,6 +303,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             stopped_at: None,
             logging: false,
             precopy_info_v2: false,
+            region: None,
         };
         Exec {
             opts,
@@ -315,8 +330,8 @@ impl<'a, 'd> Exec<'a, 'd> {
     /// Reads each device's MIGRATION flags and state (v2) so the model can
     /// predict every step.
     fn prepare(&mut self) -> Flow {
-        if self.protocol != Protocol::V2 {
-            return Ok(());
+        if self.protocol == Protocol::V1 {
+            return self.prepare_v1();
         }
         for role in Role::ALL {
             let Some(ctx) = self.roles[role as usize].as_mut() else {
@@ -462,19 +477,19 @@ impl<'a, 'd> Exec<'a, 'd> {
             if let Some(s) = ctx.session.take() {
                 let _ = ctx.dev.data_close(s.fd);
             }
-            for (fd, _) in ctx.ended.drain(..) {
+            for (fd, _, _) in ctx.ended.drain(..) {
                 let _ = ctx.dev.data_close(fd);
             }
         }
     }
 
     /// Ends the role's current session, keeping its fd open for probing.
-    pub fn end_session(&mut self, role: Role) -> Result<(), Abort> {
+    pub fn end_session(&mut self, role: Role, by: EndedBy) -> Result<(), Abort> {
         let ctx = self.role(role)?;
         if let Some(s) = ctx.session.take() {
-            ctx.ended.push((s.fd, s.kind));
+            ctx.ended.push((s.fd, s.kind, by));
             if ctx.ended.len() > MAX_ENDED_FDS {
-                let (old, _) = ctx.ended.remove(0);
+                let (old, _, _) = ctx.ended.remove(0);
                 let _ = ctx.dev.data_close(old);
             }
         }
@@ -545,7 +560,11 @@ impl<'a, 'd> Exec<'a, 'd> {
                 seed,
                 invalid,
             } => self.walk(step.role, *steps, *seed, *invalid, &key),
-            op if v1::handles(op) => self.v1_op(step, &key),
+            op if v1::handles(op)
+                || (self.protocol == Protocol::V1 && matches!(op, Op::Reset | Op::ErrorState)) =>
+            {
+                self.v1_op(step, &key)
+            }
             _ => self.v2_op(step, &key),
         }
     }
@@ -641,7 +660,11 @@ pub fn builtin_ids(op: &Op, protocol: Protocol) -> &'static [&'static str] {
         Op::Write(_) => &["KERNEL-02"],
         Op::DataIoctl { .. } => &["V2-PRECOPY-03"],
         Op::Cloexec => &["V2-SAVE-06"],
-        Op::SessionEnded => &["V2-FSM-09", "V2-SAVE-05", "V2-FSM-13"],
+        Op::SessionEnded => &["V2-FSM-09", "V2-SAVE-05", "V2-FSM-13", "V2-RESET-02"],
+        Op::ErrorState => match protocol {
+            Protocol::V2 => &["V2-RESET-03", "V2-RESET-01"],
+            Protocol::V1 => &["V1-STATE-05", "V1-ERR-01"],
+        },
         Op::Save { .. } => &[
             "V2-FSM-03",
             "V2-FSM-07",
@@ -654,7 +677,7 @@ pub fn builtin_ids(op: &Op, protocol: Protocol) -> &'static [&'static str] {
         Op::Resume(_) | Op::Pipe { .. } => &["V2-RESUME-01", "V2-RESUME-03"],
         Op::Reset => match protocol {
             Protocol::V2 => &["V2-RESET-01", "V2-RESET-02"],
-            Protocol::V1 => &["V1-STATE-05"],
+            Protocol::V1 => &["V1-STATE-01", "V1-STATE-05", "V1-ERR-01"],
         },
         Op::LoggingStart { .. } => &["V2-LOG-01", "V2-LOG-02"],
         Op::LoggingStop => &["V2-LOG-04"],

@@ -108,6 +108,7 @@ impl Exec<'_, '_> {
             Op::Cloexec => self.cloexec(role, key),
             Op::CloseDataFd => self.close_data_fd(role, key),
             Op::SessionEnded => self.session_ended(role, key),
+            Op::ErrorState => self.error_state(role, key),
             Op::Save { into, chunk } => self.save(role, into, *chunk, expect, key),
             Op::Resume(w) => self.resume(role, w, expect, key),
             Op::Pipe { to, chunk } => self.pipe(role, *to, *chunk, expect, key),
@@ -135,7 +136,8 @@ impl Exec<'_, '_> {
             | Op::ReadField { .. }
             | Op::WriteField { .. }
             | Op::V1Save { .. }
-            | Op::V1Resume { .. } => unreachable!("dispatched in Exec::step"),
+            | Op::V1Resume { .. }
+            | Op::V1Freeze { .. } => unreachable!("dispatched in Exec::step"),
         }
     }
 
@@ -534,7 +536,7 @@ impl Exec<'_, '_> {
                 }
             );
             if ends || r.data_fd >= 0 {
-                self.end_session(role)?;
+                self.end_session(role, EndedBy::Transition)?;
             }
             let ctx = self.role(role)?;
             if r.data_fd >= 0 {
@@ -568,7 +570,7 @@ impl Exec<'_, '_> {
         // RESUMING has no session.
         let in_session = after.is_some_and(|s| s.is_saving() || s == MigState::Resuming);
         if !in_session && ctx.session.is_some() {
-            self.end_session(role)?;
+            self.end_session(role, EndedBy::Transition)?;
         }
         Ok(())
     }
@@ -665,7 +667,7 @@ impl Exec<'_, '_> {
             let now = ctx.dev.get_state().ok();
             ctx.state = now;
             if r.is_ok() && fd >= 0 {
-                self.end_session(role)?;
+                self.end_session(role, EndedBy::Transition)?;
                 let kind = if now == Some(MigState::Resuming) {
                     SessionKind::Resuming
                 } else {
@@ -1583,14 +1585,27 @@ impl Exec<'_, '_> {
     }
 
     /// Probes the most recently ended session: it must not deliver device
-    /// data any more (V2-FSM-09, V2-SAVE-05), nor accept data.
+    /// data any more, nor accept data.
     fn session_ended(&mut self, role: Role, key: &StepKey) -> Flow {
-        let ctx = role_of(&mut self.roles, role)?;
-        let Some((fd, kind)) = ctx.ended.pop() else {
+        let Some((fd, kind, by)) = self.role(role)?.ended.pop() else {
             return Err(Abort::Harness(format!(
                 "no ended session on the {role} to probe"
             )));
         };
+        self.probe_ended(role, fd, kind, by, key)
+    }
+
+    /// Reads (or writes) an ended session's fd, checks that nothing moves,
+    /// and closes it. The requirement depends on what ended the session.
+    fn probe_ended(
+        &mut self,
+        role: Role,
+        fd: DataFd,
+        kind: SessionKind,
+        by: EndedBy,
+        key: &StepKey,
+    ) -> Flow {
+        let ctx = role_of(&mut self.roles, role)?;
         let t0 = Instant::now();
         let (op, r) = match kind {
             SessionKind::Saving => {
@@ -1614,34 +1629,69 @@ impl Exec<'_, '_> {
             t0,
             key,
         );
-        match kind {
-            SessionKind::Saving => {
-                self.check(
-                    key,
-                    Check {
-                        kind: "ended",
-                        ids: vec!["V2-FSM-09".into(), "V2-SAVE-05".into()],
-                        strength: Strength::Must,
-                        pass: matches!(r, Ok(0) | Err(_)),
-                        expected: "end of stream or an error, no data".into(),
-                        observed: ret_text(&got),
-                    },
-                );
-            }
-            SessionKind::Resuming => {
-                self.check(
-                    key,
-                    Check::builtin(
-                        "ended",
-                        "V2-FSM-09",
-                        r.is_err(),
-                        "writes fail after the session ended".into(),
-                        ret_text(&got),
-                    ),
-                );
-            }
-        }
+        let ids: &[&str] = match (by, kind) {
+            (EndedBy::Transition, SessionKind::Saving) => &["V2-FSM-09", "V2-SAVE-05"],
+            (EndedBy::Transition, SessionKind::Resuming) => &["V2-FSM-09"],
+            (EndedBy::Reset, _) => &["V2-RESET-02"],
+            (EndedBy::DeviceClosed, _) => &["V2-FSM-13"],
+        };
+        let (pass, expected) = match kind {
+            SessionKind::Saving => (
+                matches!(r, Ok(0) | Err(_)),
+                "end of stream or an error, no data",
+            ),
+            SessionKind::Resuming => (r.is_err(), "writes fail"),
+        };
+        self.check(
+            key,
+            Check {
+                kind: "ended",
+                ids: ids.iter().map(|s| s.to_string()).collect(),
+                strength: Strength::Must,
+                pass,
+                expected: expected.to_string(),
+                observed: ret_text(&got),
+            },
+        );
         Ok(())
+    }
+
+    /// V2-RESET-03: ERROR is left only by reset. Applies only when the
+    /// device is in ERROR.
+    fn error_state(&mut self, role: Role, key: &StepKey) -> Flow {
+        let t0 = Instant::now();
+        let g = self.role(role)?.dev.get_state();
+        self.record(
+            role,
+            "GET MIG_DEVICE_STATE",
+            String::new(),
+            step_return(&g.map(|s| i64::from(s.raw()))),
+            g.ok(),
+            0,
+            t0,
+            key,
+        );
+        if g != Ok(MigState::Error) {
+            self.note(format!(
+                "V2-RESET-03 not applicable: the device is in {} (not ERROR)",
+                g.map_or_else(
+                    |e| format!("an unknown state ({})", errno_name(e)),
+                    |s| s.name().to_string()
+                )
+            ));
+            self.role(role)?.state = g.ok();
+            return Ok(());
+        }
+        self.role(role)?.state = Some(MigState::Error);
+        self.set_state(role, MigState::Running.raw(), None, key)?;
+        self.reset(
+            role,
+            None,
+            &StepKey {
+                prefix: format!("{}-reset", key.prefix),
+                loc: key.loc.clone(),
+            },
+        )
     }
 
     fn save(
@@ -2144,7 +2194,7 @@ impl Exec<'_, '_> {
                 format!("{g:?}"),
             ),
         );
-        self.end_session(role)?;
+        self.end_session(role, EndedBy::Reset)?;
         let ctx = self.role(role)?;
         ctx.state = g.ok();
         ctx.logging = false;
@@ -2154,26 +2204,9 @@ impl Exec<'_, '_> {
                 prefix: format!("{}-session", key.prefix),
                 loc: key.loc.clone(),
             };
-            let ctx = role_of(&mut self.roles, role)?;
-            let (fd, kind) = *ctx.ended.last().expect("session just ended");
-            let r = match kind {
-                SessionKind::Saving => ctx.dev.data_read(fd, &mut self.buf[..4096]),
-                SessionKind::Resuming => ctx.dev.data_write(fd, &self.buf[..16]),
-            };
-            let pass = match kind {
-                SessionKind::Saving => matches!(r, Ok(0) | Err(_)),
-                SessionKind::Resuming => r.is_err(),
-            };
-            self.check(
-                &probe,
-                Check::builtin(
-                    "ended",
-                    "V2-RESET-02",
-                    pass,
-                    "the old data fd gives end of stream or an error".into(),
-                    ret_text(&r.map(|n| n as i64)),
-                ),
-            );
+            if let Some((fd, kind, by)) = self.role(role)?.ended.pop() {
+                self.probe_ended(role, fd, kind, by, &probe)?;
+            }
         }
         Ok(())
     }
@@ -2192,7 +2225,7 @@ impl Exec<'_, '_> {
             key,
         );
         // The session cannot outlive the device file (V2-FSM-13).
-        self.end_session(role)?;
+        self.end_session(role, EndedBy::DeviceClosed)?;
         self.role(role)?.state = None;
         if let Err(e) = r {
             return Err(Abort::Harness(format!(

@@ -40,7 +40,7 @@ impl Exec<'_, '_> {
                             crate::uapi::errno_name(e)
                         ))
                     })?;
-                    self.end_session(role)?;
+                    self.end_session(role, EndedBy::Reset)?;
                     let ctx = self.role(role)?;
                     ctx.state = Some(MigState::Running);
                     MigState::Running
@@ -53,7 +53,7 @@ impl Exec<'_, '_> {
             let out = self.set_state(role, target, None, &walk_key)?;
             // Sessions are not read during a walk; close them as they end.
             let ctx = self.role(role)?;
-            for (fd, _) in ctx.ended.drain(..) {
+            for (fd, _, _) in ctx.ended.drain(..) {
                 let _ = ctx.dev.data_close(fd);
             }
             if !out.ok && ctx.state == Some(MigState::Error) {

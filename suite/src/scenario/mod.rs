@@ -52,6 +52,10 @@ pub struct Requires {
     pub logging: bool,
     /// Two saves of an unchanged device give the same bytes.
     pub deterministic_stream: bool,
+    /// MIG_PRECOPY_INFOv2 (feature 12).
+    pub precopy_info_v2: bool,
+    /// A device without migration v2 (for the ENOTTY rules of V2-FEAT-08).
+    pub without_v2: bool,
 }
 
 /// The device a step runs on.
@@ -213,6 +217,9 @@ pub enum Op {
     Cloexec,
     CloseDataFd,
     SessionEnded,
+    /// If the device is in ERROR: SET must fail and only reset leaves it
+    /// (V2-RESET-03); otherwise the check does not apply.
+    ErrorState,
     Save {
         into: String,
         chunk: u64,
@@ -272,6 +279,15 @@ pub enum Op {
         from: String,
         chunk: V1Chunking,
         mutation: Mutation,
+        /// Leave RESUMING for running (`true`) or stop.
+        then_running: bool,
+    },
+    /// Resumes `from` twice and saves with and without region accesses
+    /// between clearing _RUNNING and the first `pending_bytes` read, to
+    /// tell which freeze point the device shows (V1-STATE-06).
+    V1Freeze {
+        from: String,
+        touches: u32,
     },
 }
 
@@ -294,6 +310,7 @@ impl Op {
             Op::Cloexec => "cloexec",
             Op::CloseDataFd => "close_data_fd",
             Op::SessionEnded => "session_ended",
+            Op::ErrorState => "error_state",
             Op::Save { .. } => "save",
             Op::Resume(_) => "resume",
             Op::Pipe { .. } => "pipe",
@@ -314,6 +331,7 @@ impl Op {
             Op::WriteField { .. } => "write_field",
             Op::V1Save { .. } => "v1_save",
             Op::V1Resume { .. } => "v1_resume",
+            Op::V1Freeze { .. } => "v1_freeze",
         }
     }
 }

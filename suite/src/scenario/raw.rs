@@ -38,6 +38,10 @@ pub struct RawRequires {
     pub logging: bool,
     #[serde(default)]
     pub deterministic_stream: bool,
+    #[serde(default)]
+    pub precopy_info_v2: bool,
+    #[serde(default)]
+    pub without_v2: bool,
 }
 
 /// A size: a plain byte count or a string with a unit (`7`, `4KiB`, `1MiB`).
@@ -386,6 +390,17 @@ pub struct RawV1Resume {
     pub truncate: Option<S<RawSize>>,
     #[serde(default)]
     pub corrupt: Vec<S<RawSize>>,
+    /// The state to leave RESUMING for: `stop` (default) or `running`.
+    #[serde(default)]
+    pub then: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawV1Freeze {
+    pub from: S<String>,
+    #[serde(default)]
+    pub touches: Option<S<u32>>,
 }
 
 /// The operation of one step, keyed by its name in the file.
@@ -406,6 +421,7 @@ pub enum RawOp {
     Cloexec,
     CloseDataFd,
     SessionEnded,
+    ErrorState,
     Save(RawSave),
     Resume(RawWrite),
     Pipe(RawPipe),
@@ -426,6 +442,7 @@ pub enum RawOp {
     WriteField(RawWriteField),
     V1Save(RawV1Save),
     V1Resume(RawV1Resume),
+    V1Freeze(RawV1Freeze),
 }
 
 /// Operation names, as accepted in a step and listed in errors.
@@ -445,6 +462,7 @@ pub const OPS: &[&str] = &[
     "cloexec",
     "close_data_fd",
     "session_ended",
+    "error_state",
     "save",
     "resume",
     "pipe",
@@ -465,6 +483,7 @@ pub const OPS: &[&str] = &[
     "write_field",
     "v1_save",
     "v1_resume",
+    "v1_freeze",
 ];
 
 #[derive(Debug)]
@@ -586,6 +605,7 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
         "cloexec" => map.next_value::<NoArgs>().map(|_| RawOp::Cloexec)?,
         "close_data_fd" => map.next_value::<NoArgs>().map(|_| RawOp::CloseDataFd)?,
         "session_ended" => map.next_value::<NoArgs>().map(|_| RawOp::SessionEnded)?,
+        "error_state" => map.next_value::<NoArgs>().map(|_| RawOp::ErrorState)?,
         "save" => RawOp::Save(map.next_value()?),
         "resume" => RawOp::Resume(map.next_value()?),
         "pipe" => RawOp::Pipe(map.next_value()?),
@@ -612,6 +632,7 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
         "write_field" => RawOp::WriteField(map.next_value()?),
         "v1_save" => RawOp::V1Save(map.next_value()?),
         "v1_resume" => RawOp::V1Resume(map.next_value()?),
+        "v1_freeze" => RawOp::V1Freeze(map.next_value()?),
         other => return Err(de::Error::unknown_field(other, OPS)),
     })
 }

@@ -202,3 +202,22 @@ fn oversized_and_bomb_inputs_are_refused() {
     let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nname: x\n";
     assert!(load(bomb).is_err());
 }
+
+#[test]
+fn the_shipped_cases_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases");
+    let files = read_dir(&dir).unwrap();
+    assert!(files.len() >= 20, "{} files", files.len());
+    let scenarios =
+        load_all(files.iter().map(|(f, t)| (f.as_str(), t.as_str()))).unwrap_or_else(|errors| {
+            panic!(
+                "{}",
+                errors
+                    .iter()
+                    .map(LoadError::detailed)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+    assert_eq!(scenarios.len(), files.len());
+}

@@ -165,6 +165,8 @@ fn requires(ctx: &Ctx, r: &Spanned<RawRequires>) -> R<(Protocol, Requires)> {
             incompatible: raw.incompatible,
             logging: raw.logging,
             deterministic_stream: raw.deterministic_stream,
+            precopy_info_v2: raw.precopy_info_v2,
+            without_v2: raw.without_v2,
         },
     ))
 }
@@ -265,7 +267,11 @@ fn role(ctx: &Ctx, on: &Spanned<String>) -> R<Role> {
 fn check_protocol(ctx: &Ctx, op: &Op, at: &Location) -> R<()> {
     let v1_only = matches!(
         op,
-        Op::ReadField { .. } | Op::WriteField { .. } | Op::V1Save { .. } | Op::V1Resume { .. }
+        Op::ReadField { .. }
+            | Op::WriteField { .. }
+            | Op::V1Save { .. }
+            | Op::V1Resume { .. }
+            | Op::V1Freeze { .. }
     );
     let v2_only = matches!(
         op,
@@ -552,6 +558,7 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
         RawOp::Cloexec => Op::Cloexec,
         RawOp::CloseDataFd => Op::CloseDataFd,
         RawOp::SessionEnded => Op::SessionEnded,
+        RawOp::ErrorState => Op::ErrorState,
         RawOp::Save(s) => {
             let into = buffer_name(ctx, &s.into)?;
             ctx.buffers.insert(into.clone());
@@ -726,6 +733,17 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
                 },
             },
             mutation: mutation(ctx, r.truncate.as_ref(), &r.corrupt, None)?,
+            then_running: match r.then.as_ref().map(|t| (t.value.as_str(), t.referenced)) {
+                None | Some(("stop", _)) => false,
+                Some(("running", _)) => true,
+                Some((other, at)) => {
+                    return Err(ctx.err(&at, format!("`then: {other}`: use stop or running")))
+                }
+            },
+        },
+        RawOp::V1Freeze(f) => Op::V1Freeze {
+            from: used_buffer(ctx, &f.from)?,
+            touches: f.touches.as_ref().map_or(64, |t| t.value).clamp(1, 100_000),
         },
     })
 }
@@ -941,9 +959,11 @@ fn observable(op: &Op) -> &'static [&'static str] {
         Op::WriteField { .. } => &["ok", "errno", "value"],
         Op::V1Save { .. } => &["ok", "bytes"],
         Op::V1Resume { .. } => &["ok", "rejected"],
+        Op::V1Freeze { .. } => &[],
         Op::Cloexec
         | Op::CloseDataFd
         | Op::SessionEnded
+        | Op::ErrorState
         | Op::CloseDevice
         | Op::Reopen
         | Op::Sleep(_)
