@@ -74,10 +74,12 @@ pub fn case(args: &CaseArgs) -> i32 {
     };
     let devices = Devices {
         device: dev.as_mut(),
-        destination: destination.as_deref_mut(),
-        incompatible: incompatible.as_deref_mut(),
+        destination: destination.as_mut().map(|d| d.as_mut() as &mut dyn Device),
+        incompatible: incompatible.as_mut().map(|d| d.as_mut() as &mut dyn Device),
     };
-    exec::run(&scenario, devices, &opts, &mut |e| emit(&ChildLine::Event(e)));
+    exec::run(&scenario, devices, &opts, &mut |e| {
+        emit(&ChildLine::Event(e))
+    });
     let roles = [
         ("device", Some(dev)),
         ("destination", destination),

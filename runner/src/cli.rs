@@ -244,9 +244,25 @@ mod tests {
     #[test]
     fn run_options_and_selection() {
         let cli = parse(&[
-            "run", "--device", "sim:v1", "--device", "0000:3b:00.1", "--timeout", "1m 30s",
-            "--buffer-size", "64KiB", "--format", "ktap", "--skip", "walk", "--exact",
-            "--test-threads", "2", "--seed", "7", "fsm",
+            "run",
+            "--device",
+            "sim:v1",
+            "--device",
+            "0000:3b:00.1",
+            "--timeout",
+            "1m 30s",
+            "--buffer-size",
+            "64KiB",
+            "--format",
+            "ktap",
+            "--skip",
+            "walk",
+            "--exact",
+            "--test-threads",
+            "2",
+            "--seed",
+            "7",
+            "fsm",
         ]);
         let Some(Command::Run(run)) = cli.command else {
             panic!("not run");
@@ -287,8 +303,15 @@ mod tests {
     #[test]
     fn device_list_keeps_simulator_options_together() {
         assert_eq!(
-            split_device_list("sim:v1,fault=hang-transition, 0000:3b:00.1,sim,type=b,/dev/vfio/devices/vfio3"),
-            ["sim:v1,fault=hang-transition", "0000:3b:00.1", "sim:type=b", "/dev/vfio/devices/vfio3"]
+            split_device_list(
+                "sim:v1,fault=hang-transition, 0000:3b:00.1,sim,type=b,/dev/vfio/devices/vfio3"
+            ),
+            [
+                "sim:v1,fault=hang-transition",
+                "0000:3b:00.1",
+                "sim:type=b",
+                "/dev/vfio/devices/vfio3"
+            ]
         );
         assert_eq!(split_device_list(""), Vec::<String>::new());
     }

@@ -201,7 +201,10 @@ impl KmsgWatch {
 pub fn verdict(records: &[Record]) -> (CheckRecord, Vec<String>) {
     let problems: Vec<String> = records
         .iter()
-        .filter_map(|r| r.class().map(|c| format!("{}: {}", c.as_str(), r.display())))
+        .filter_map(|r| {
+            r.class()
+                .map(|c| format!("{}: {}", c.as_str(), r.display()))
+        })
         .collect();
     let observed = if problems.is_empty() {
         format!("{} kernel log lines, none of those classes", records.len())
@@ -226,7 +229,11 @@ pub fn verdict(records: &[Record]) -> (CheckRecord, Vec<String>) {
         location: None,
         known_failure: None,
     };
-    let mut lines: Vec<String> = records.iter().take(MAX_LINES).map(Record::display).collect();
+    let mut lines: Vec<String> = records
+        .iter()
+        .take(MAX_LINES)
+        .map(Record::display)
+        .collect();
     if records.len() > MAX_LINES {
         lines.push(format!("... {} more lines", records.len() - MAX_LINES));
     }
@@ -241,9 +248,15 @@ mod tests {
     fn parses_kmsg_records() {
         let r = parse("4,1234,5678901,-;WARNING: CPU: 1 PID: 2 at x.c:3 f+0x1/0x2\n SUBSYSTEM=pci\n DEVICE=+pci:0000:3b:00.1\n")
             .unwrap();
-        assert_eq!((r.facility, r.level, r.seq, r.ts_usec), (0, 4, 1234, 5678901));
+        assert_eq!(
+            (r.facility, r.level, r.seq, r.ts_usec),
+            (0, 4, 1234, 5678901)
+        );
         assert_eq!(r.message, "WARNING: CPU: 1 PID: 2 at x.c:3 f+0x1/0x2");
-        assert_eq!(r.display(), "[    5.678901] WARNING: CPU: 1 PID: 2 at x.c:3 f+0x1/0x2");
+        assert_eq!(
+            r.display(),
+            "[    5.678901] WARNING: CPU: 1 PID: 2 at x.c:3 f+0x1/0x2"
+        );
         let r = parse("6,339,5140900,-,caller=T1;NET: Registered protocol family 10\n").unwrap();
         assert_eq!(r.message, "NET: Registered protocol family 10");
         assert_eq!(parse("12,5,1,-;tab\\x09here").unwrap().message, "tab\there");
@@ -290,14 +303,21 @@ mod tests {
         let (check, lines) = verdict(std::slice::from_ref(&quiet));
         assert_eq!(check.verdict, Verdict::Pass);
         assert_eq!(lines.len(), 1);
-        let warn = parse("4,2,20,-;WARNING: CPU: 0 PID: 7 at drivers/vfio/vfio_main.c:1 f").unwrap();
+        let warn =
+            parse("4,2,20,-;WARNING: CPU: 0 PID: 7 at drivers/vfio/vfio_main.c:1 f").unwrap();
         let many: Vec<Record> = std::iter::repeat_n(quiet, MAX_LINES + 5)
             .chain([warn])
             .collect();
         let (check, lines) = verdict(&many);
         assert_eq!(check.verdict, Verdict::Fail);
         assert_eq!(check.ids, ["KERNEL-01"]);
-        assert!(check.observed.starts_with("WARNING: [    0.000020] WARNING: CPU: 0"), "{}", check.observed);
+        assert!(
+            check
+                .observed
+                .starts_with("WARNING: [    0.000020] WARNING: CPU: 0"),
+            "{}",
+            check.observed
+        );
         assert_eq!(lines.len(), MAX_LINES + 1);
         assert_eq!(lines.last().unwrap(), "... 6 more lines");
     }

@@ -140,7 +140,10 @@ impl ChildProc {
             return Ok(false);
         }
         // Round up so a sub-millisecond remainder does not spin.
-        let ms = remaining.as_millis().saturating_add(1).min(i32::MAX as u128);
+        let ms = remaining
+            .as_millis()
+            .saturating_add(1)
+            .min(i32::MAX as u128);
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
         let (out_ready, err_ready) = {
             let mut fds = Vec::with_capacity(2);
@@ -196,7 +199,9 @@ impl ChildProc {
 
     /// The last few KiB the child wrote to stderr, trimmed.
     pub fn stderr_tail(&self) -> String {
-        String::from_utf8_lossy(&self.stderr_tail).trim().to_string()
+        String::from_utf8_lossy(&self.stderr_tail)
+            .trim()
+            .to_string()
     }
 
     /// After stdout closed: reads the rest of stderr and waits for the
@@ -225,11 +230,6 @@ impl ChildProc {
             self.status = self.child.try_wait()?;
         }
         Ok(self.status)
-    }
-
-    /// The exit status, once reaped.
-    pub fn status(&self) -> Option<ExitStatus> {
-        self.status
     }
 
     /// Ends the child: SIGTERM to its process group, then SIGKILL.
@@ -321,20 +321,26 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg("read x; echo got-$x");
         let mut c = ChildProc::spawn(cmd, Some(b"abc\n")).unwrap();
-        assert_eq!(c.next_line(soon(5000)).unwrap(), Next::Line("got-abc".into()));
+        assert_eq!(
+            c.next_line(soon(5000)).unwrap(),
+            Next::Line("got-abc".into())
+        );
     }
 
     #[test]
     fn a_silent_child_hits_the_deadline_on_time() {
         let mut c = sh("echo started; exec sleep 30");
-        assert_eq!(c.next_line(soon(5000)).unwrap(), Next::Line("started".into()));
+        assert_eq!(
+            c.next_line(soon(5000)).unwrap(),
+            Next::Line("started".into())
+        );
         let t0 = Instant::now();
         assert_eq!(c.next_line(soon(200)).unwrap(), Next::Deadline);
         let waited = t0.elapsed();
         assert!(waited >= Duration::from_millis(190), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
         assert_eq!(c.terminate(KillPolicy::default()), Termination::Terminated);
-        assert!(c.status().is_some());
+        assert!(c.ended());
     }
 
     #[test]
