@@ -5,6 +5,8 @@
 
 pub mod event;
 pub mod model;
+pub mod stats;
+pub mod summary;
 
 pub use event::{case_outcome, CaseFold, Event};
 pub use model::*;
