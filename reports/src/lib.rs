@@ -14,10 +14,12 @@ pub mod stats;
 pub mod summary;
 
 mod json;
+mod ktap;
 
 #[cfg(test)]
 mod fixture;
 
 pub use event::{case_outcome, CaseFold, Event};
 pub use json::{read_json, write_json, JsonError};
+pub use ktap::{exit_code, ktap};
 pub use model::*;
