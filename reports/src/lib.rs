@@ -14,6 +14,7 @@ pub mod stats;
 pub mod summary;
 
 mod json;
+mod junit;
 mod ktap;
 
 #[cfg(test)]
@@ -21,5 +22,6 @@ mod fixture;
 
 pub use event::{case_outcome, CaseFold, Event};
 pub use json::{read_json, write_json, JsonError};
+pub use junit::junit;
 pub use ktap::{exit_code, ktap};
 pub use model::*;
