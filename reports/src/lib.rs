@@ -16,6 +16,7 @@ pub mod summary;
 mod json;
 mod junit;
 mod ktap;
+mod terminal;
 
 #[cfg(test)]
 mod fixture;
@@ -25,3 +26,4 @@ pub use json::{read_json, write_json, JsonError};
 pub use junit::junit;
 pub use ktap::{exit_code, ktap};
 pub use model::*;
+pub use terminal::terminal_summary;
