@@ -13,6 +13,7 @@ pub mod model;
 pub mod stats;
 pub mod summary;
 
+mod html;
 mod json;
 mod junit;
 mod ktap;
@@ -22,6 +23,7 @@ mod terminal;
 mod fixture;
 
 pub use event::{case_outcome, CaseFold, Event};
+pub use html::html;
 pub use json::{read_json, write_json, JsonError};
 pub use junit::junit;
 pub use ktap::{exit_code, ktap};
