@@ -188,6 +188,17 @@ pub fn html(results: &RunResults) -> String {
         .expect("the report template renders into memory")
 }
 
+fn fact(label: &'static str, value: impl Into<String>) -> Fact {
+    Fact {
+        label,
+        value: value.into(),
+    }
+}
+
+fn or_dash(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "—".into())
+}
+
 fn outcome_class(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Pass => "o-pass",
@@ -234,74 +245,26 @@ fn page(results: &RunResults) -> Page {
         _ => ("failed", "o-fail"),
     };
     let mut headline = vec![
-        Fact {
-            label: "host",
-            value: meta.host.clone(),
-        },
-        Fact {
-            label: "kernel",
-            value: meta.kernel_release.clone(),
-        },
-        Fact {
-            label: "started",
-            value: meta.started.clone(),
-        },
-        Fact {
-            label: "finished",
-            value: meta.finished.clone().unwrap_or_else(|| "—".into()),
-        },
-        Fact {
-            label: "seed",
-            value: meta.seed.to_string(),
-        },
-        Fact {
-            label: "strict",
-            value: if meta.strict { "yes" } else { "no" }.into(),
-        },
+        fact("host", meta.host.clone()),
+        fact("kernel", meta.kernel_release.clone()),
+        fact("started", meta.started.clone()),
+        fact("finished", or_dash(meta.finished.clone())),
+        fact("seed", meta.seed.to_string()),
+        fact("strict", if meta.strict { "yes" } else { "no" }),
     ];
     if meta.include_dangerous {
-        headline.push(Fact {
-            label: "dangerous cases",
-            value: "included".into(),
-        });
+        headline.push(fact("dangerous cases", "included"));
     }
     let run_env = vec![
-        Fact {
-            label: "tool version",
-            value: meta.tool_version.clone(),
-        },
-        Fact {
-            label: "results schema",
-            value: results.schema.to_string(),
-        },
-        Fact {
-            label: "host",
-            value: meta.host.clone(),
-        },
-        Fact {
-            label: "kernel release",
-            value: meta.kernel_release.clone(),
-        },
-        Fact {
-            label: "started",
-            value: meta.started.clone(),
-        },
-        Fact {
-            label: "finished",
-            value: meta.finished.clone().unwrap_or_else(|| "—".into()),
-        },
-        Fact {
-            label: "seed",
-            value: meta.seed.to_string(),
-        },
-        Fact {
-            label: "strict",
-            value: meta.strict.to_string(),
-        },
-        Fact {
-            label: "include dangerous",
-            value: meta.include_dangerous.to_string(),
-        },
+        fact("tool version", meta.tool_version.clone()),
+        fact("results schema", results.schema.to_string()),
+        fact("host", meta.host.clone()),
+        fact("kernel release", meta.kernel_release.clone()),
+        fact("started", meta.started.clone()),
+        fact("finished", or_dash(meta.finished.clone())),
+        fact("seed", meta.seed.to_string()),
+        fact("strict", meta.strict.to_string()),
+        fact("include dangerous", meta.include_dangerous.to_string()),
     ];
     let devices: Vec<DeviceView> = results
         .devices
@@ -329,76 +292,48 @@ fn page(results: &RunResults) -> Page {
 fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> DeviceView {
     let strict = results.meta.strict;
     let counts = OutcomeCounts::of(&device.cases);
-    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "—".into());
     let facts = vec![
-        Fact {
-            label: "driver",
-            value: or_dash(device.driver.clone()),
-        },
-        Fact {
-            label: "protocols",
-            value: if device.protocols.is_empty() {
+        fact("driver", or_dash(device.driver.clone())),
+        fact(
+            "protocols",
+            if device.protocols.is_empty() {
                 "—".into()
             } else {
                 device.protocols.join(", ")
             },
-        },
-        Fact {
-            label: "MIGRATION flags",
-            value: or_dash(
+        ),
+        fact(
+            "MIGRATION flags",
+            or_dash(
                 device
                     .migration_flags
                     .map(|f| format!("{} ({f:#x})", migration_flag_names(f))),
             ),
-        },
-        Fact {
-            label: "stop_copy_length",
-            value: or_dash(
+        ),
+        fact(
+            "stop_copy_length",
+            or_dash(
                 device
                     .stop_copy_length
                     .map(|n| format!("{} ({n} bytes)", human_bytes(n))),
             ),
-        },
-        Fact {
-            label: "downtime",
-            value: or_dash(device.downtime_ns.map(human_duration)),
-        },
+        ),
+        fact("downtime", or_dash(device.downtime_ns.map(human_duration))),
     ];
     let mut env = vec![
-        Fact {
-            label: "spec",
-            value: device.spec.clone(),
-        },
-        Fact {
-            label: "name",
-            value: device.name.clone(),
-        },
-        Fact {
-            label: "driver",
-            value: or_dash(device.driver.clone()),
-        },
-        Fact {
-            label: "sysfs path",
-            value: or_dash(device.sysfs_path.clone()),
-        },
-        Fact {
-            label: "IOMMU group",
-            value: or_dash(device.iommu_group.map(|g| g.to_string())),
-        },
-        Fact {
-            label: "access",
-            value: or_dash(device.access.clone()),
-        },
-        Fact {
-            label: "device type",
-            value: or_dash(device.device_type.clone()),
-        },
+        fact("spec", device.spec.clone()),
+        fact("name", device.name.clone()),
+        fact("driver", or_dash(device.driver.clone())),
+        fact("sysfs path", or_dash(device.sysfs_path.clone())),
+        fact(
+            "IOMMU group",
+            or_dash(device.iommu_group.map(|g| g.to_string())),
+        ),
+        fact("access", or_dash(device.access.clone())),
+        fact("device type", or_dash(device.device_type.clone())),
     ];
     for (role, peer) in &device.peers {
-        env.push(Fact {
-            label: "peer",
-            value: format!("{role}: {peer}"),
-        });
+        env.push(fact("peer", format!("{role}: {peer}")));
     }
 
     let link = |c: &CaseResult| Link {
@@ -843,5 +778,14 @@ mod tests {
         let page = html(&results);
         println!("large report: {} bytes", page.len());
         assert!(page.len() < 3 << 20, "{} bytes", page.len());
+    }
+
+    #[test]
+    fn an_empty_run_renders() {
+        let mut results = fixture();
+        results.devices.clear();
+        let page = html(&results);
+        assert!(page.contains("<div class=\"verdict o-ignored\">nothing ran</div>"));
+        assert!(page.contains("0 of 20 catalogued requirements were checked"));
     }
 }

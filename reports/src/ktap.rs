@@ -42,6 +42,8 @@ pub fn exit_code(results: &RunResults) -> i32 {
 /// The whole run as KTAP version 1.
 pub fn ktap(results: &RunResults) -> String {
     let mut out = String::from("KTAP version 1\n");
+    let total: usize = results.devices.iter().map(|d| d.cases.len()).sum();
+    let _ = writeln!(out, "1..{total}");
     let meta = &results.meta;
     diag(
         &mut out,
@@ -55,8 +57,6 @@ pub fn ktap(results: &RunResults) -> String {
             if meta.strict { ", strict" } else { "" }
         ),
     );
-    let total: usize = results.devices.iter().map(|d| d.cases.len()).sum();
-    let _ = writeln!(out, "1..{total}");
 
     let mut counts = OutcomeCounts::default();
     let mut number = 0;

@@ -10,6 +10,8 @@ use crate::summary::{first_failed_check, one_line, CheckStatus, OutcomeCounts};
 /// Indent of the detail lines under a case, past its outcome label.
 const DETAIL: &str = "            ";
 
+/// Plain text, no colour: one line of counts per device, the failing and
+/// warning cases under it, and a total line with the run's verdict.
 pub fn terminal_summary(results: &RunResults) -> String {
     let mut out = String::new();
     let mut total = OutcomeCounts::default();

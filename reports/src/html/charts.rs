@@ -202,8 +202,9 @@ impl TimeAxis {
             if after_band {
                 push(x0, human_duration(t0));
             }
+            let base = if after_band { t0 } else { 0 };
             let mut k = if after_band { 1 } else { t0.div_ceil(step) };
-            while let Some(t) = (if after_band { t0 } else { 0 }).checked_add(k * step) {
+            while let Some(t) = k.checked_mul(step).and_then(|o| base.checked_add(o)) {
                 if t > t1 {
                     break;
                 }
