@@ -251,6 +251,7 @@ fn page(results: &RunResults) -> Page {
         fact("finished", or_dash(meta.finished.clone())),
         fact("seed", meta.seed.to_string()),
         fact("strict", if meta.strict { "yes" } else { "no" }),
+        fact("version", meta.tool_version.clone()),
     ];
     if meta.include_dangerous {
         headline.push(fact("dangerous cases", "included"));
