@@ -211,7 +211,8 @@ pub fn migration_flag_names(flags: u64) -> String {
             names.push(name.to_string());
         }
     }
-    let unknown = flags & !(VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY);
+    let unknown =
+        flags & !(VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY);
     if unknown != 0 {
         names.push(format!("{unknown:#x}"));
     }
@@ -561,13 +562,10 @@ mod tests {
 
     #[test]
     fn request_numbers_match_the_io_macro() {
-        assert_eq!(
-            VFIO_DEVICE_FEATURE,
-            nix::request_code_none!(b';', 117) as u64
-        );
+        assert_eq!(VFIO_DEVICE_FEATURE, nix::request_code_none!(b';', 117));
         assert_eq!(
             VFIO_MIG_GET_PRECOPY_INFO,
-            nix::request_code_none!(b';', 121) as u64
+            nix::request_code_none!(b';', 121)
         );
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
         assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);

@@ -304,7 +304,8 @@ pub trait DeviceExt: Device {
                 Err(Errno::EINVAL) => continue,
                 Err(e) => return Err(e),
             };
-            if region.type_cap() == Some((VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_SUBTYPE_MIGRATION))
+            if region.type_cap()
+                == Some((VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_SUBTYPE_MIGRATION))
             {
                 return Ok(Some(region));
             }
@@ -356,7 +357,11 @@ fn parse_caps(buf: &[u8], first: u32) -> Result<Vec<RegionCap>, Errno> {
         }
         let hdr = VfioInfoCapHeader::from_bytes(&buf[at..]);
         let next = hdr.next as usize;
-        let end = if next == 0 { buf.len() } else { next.min(buf.len()) };
+        let end = if next == 0 {
+            buf.len()
+        } else {
+            next.min(buf.len())
+        };
         if next != 0 && next <= at {
             return Err(Errno::EPROTO);
         }
@@ -432,7 +437,11 @@ mod tests {
 
     #[test]
     fn feature_request_framing() {
-        let req = FeatureRequest::new(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, VFIO_DEVICE_FEATURE_SET, vec![0; 8]);
+        let req = FeatureRequest::new(
+            VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+            VFIO_DEVICE_FEATURE_SET,
+            vec![0; 8],
+        );
         assert_eq!(req.argsz, 16);
         assert_eq!(req.feature(), VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
         assert_eq!(req.payload_len(), 8);

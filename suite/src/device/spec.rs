@@ -122,10 +122,7 @@ fn normalize_bdf(s: &str) -> Option<String> {
     if dev_num > 0x1f {
         return None;
     }
-    Some(format!(
-        "{:0>4}:{:0>2}:{:0>2}.{}",
-        domain, bus, dev, func
-    ))
+    Some(format!("{:0>4}:{:0>2}:{:0>2}.{}", domain, bus, dev, func))
 }
 
 #[cfg(test)]
@@ -134,7 +131,10 @@ mod tests {
 
     #[test]
     fn parses_every_spec_kind() {
-        assert_eq!(DeviceSpec::parse("sim").unwrap(), DeviceSpec::Sim(String::new()));
+        assert_eq!(
+            DeviceSpec::parse("sim").unwrap(),
+            DeviceSpec::Sim(String::new())
+        );
         assert_eq!(
             DeviceSpec::parse("sim:v1,fault=x").unwrap(),
             DeviceSpec::Sim("v1,fault=x".into())
@@ -159,7 +159,14 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_device() {
-        for bad in ["/dev/sda", "0000:3b:20.1", "3b:00.8", "eth0", "", "12345678-1234"] {
+        for bad in [
+            "/dev/sda",
+            "0000:3b:20.1",
+            "3b:00.8",
+            "eth0",
+            "",
+            "12345678-1234",
+        ] {
             let err = DeviceSpec::parse(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
         }

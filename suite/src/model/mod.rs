@@ -18,7 +18,8 @@ use MigState::{
 /// state value. ERROR marks an arc that must fail.
 const FSM_TABLE: [[MigState; 8]; 8] = [
     //         ERROR STOP RUNNING STOP_COPY RESUMING RUNNING_P2P PRE_COPY PRE_COPY_P2P
-    /* ERROR */ [X, X, X, X, X, X, X, X],
+    /* ERROR */
+    [X, X, X, X, X, X, X, X],
     /* STOP  */ [X, S, RP, SC, RS, RP, RP, RP],
     /* RUN   */ [X, RP, R, RP, RP, RP, PC, RP],
     /* SC    */ [X, S, S, SC, S, S, X, X],
@@ -40,7 +41,8 @@ impl MigrationFlags {
     pub const ALL: MigrationFlags =
         MigrationFlags(VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY);
     /// The four combinations the uAPI defines (V2-FEAT-10).
-    pub const DEFINED: [MigrationFlags; 4] = [Self::STOP_COPY, Self::P2P, Self::PRE_COPY, Self::ALL];
+    pub const DEFINED: [MigrationFlags; 4] =
+        [Self::STOP_COPY, Self::P2P, Self::PRE_COPY, Self::ALL];
 
     pub fn is_defined(self) -> bool {
         Self::DEFINED.contains(&self)
@@ -155,10 +157,7 @@ impl Refusal {
 
 /// An arc that opens a new data session and returns a data fd (V2-FSM-08).
 pub fn opens_session(from: MigState, to: MigState) -> bool {
-    matches!(
-        (from, to),
-        (R, PC) | (RP, PP) | (S, SC) | (S, RS)
-    )
+    matches!((from, to), (R, PC) | (RP, PP) | (S, SC) | (S, RS))
 }
 
 /// An arc that ends the current data session (V2-FSM-09).
@@ -466,7 +465,10 @@ mod tests {
         assert_eq!(path(f, PC, RS.raw()), Ok(vec![R, RP, S, RS]));
         assert_eq!(path(f, RS, PC.raw()), Ok(vec![S, RP, R, PC]));
         assert_eq!(path(f, SC, R.raw()), Ok(vec![S, RP, R]));
-        assert_eq!(path(MigrationFlags::STOP_COPY, R, SC.raw()), Ok(vec![S, SC]));
+        assert_eq!(
+            path(MigrationFlags::STOP_COPY, R, SC.raw()),
+            Ok(vec![S, SC])
+        );
         assert_eq!(path(MigrationFlags::PRE_COPY, S, PC.raw()), Ok(vec![R, PC]));
     }
 
@@ -476,6 +478,9 @@ mod tests {
         assert!(!MigrationFlags(2).is_defined());
         assert!(!MigrationFlags(0).is_defined());
         assert!(!MigrationFlags(0xf).is_defined());
-        assert_eq!(MigrationFlags::P2P.supported_states(), vec![S, R, SC, RS, RP]);
+        assert_eq!(
+            MigrationFlags::P2P.supported_states(),
+            vec![S, R, SC, RS, RP]
+        );
     }
 }

@@ -153,7 +153,10 @@ mod tests {
             V1State::from_bit_names(["saving", "running"]),
             Some(V1State::PRE_COPY)
         );
-        assert_eq!(V1State::from_name("stop-and-copy"), Some(V1State::STOP_AND_COPY));
+        assert_eq!(
+            V1State::from_name("stop-and-copy"),
+            Some(V1State::STOP_AND_COPY)
+        );
         assert_eq!(V1State::from_name("invalid"), None);
         let with_reserved = V1State(0x8000_0001);
         assert_eq!(with_reserved.bits(), 1);
@@ -166,9 +169,21 @@ mod tests {
 
     #[test]
     fn writes() {
-        assert_eq!(expect_write(V1State::RUNNING, V1State::STOP_AND_COPY), V1Write::Accept);
-        assert_eq!(expect_write(V1State::RUNNING, V1State(0b101)), V1Write::RejectInvalid);
-        assert_eq!(expect_write(V1State::RUNNING, V1State::ERROR), V1Write::RejectInvalid);
-        assert_eq!(expect_write(V1State::ERROR, V1State::RUNNING), V1Write::RejectFromError);
+        assert_eq!(
+            expect_write(V1State::RUNNING, V1State::STOP_AND_COPY),
+            V1Write::Accept
+        );
+        assert_eq!(
+            expect_write(V1State::RUNNING, V1State(0b101)),
+            V1Write::RejectInvalid
+        );
+        assert_eq!(
+            expect_write(V1State::RUNNING, V1State::ERROR),
+            V1Write::RejectInvalid
+        );
+        assert_eq!(
+            expect_write(V1State::ERROR, V1State::RUNNING),
+            V1Write::RejectFromError
+        );
     }
 }
