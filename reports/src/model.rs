@@ -67,6 +67,27 @@ pub struct Requirement {
     pub source: String,
 }
 
+/// Names of the `VFIO_MIGRATION_*` bits set in a MIGRATION GET's `flags`
+/// (`include/uapi/linux/vfio.h`: STOP_COPY 1 << 0, P2P 1 << 1, PRE_COPY
+/// 1 << 2); unknown bits are shown in hex.
+pub fn migration_flag_names(flags: u64) -> String {
+    const NAMES: [(u64, &str); 3] = [(1 << 0, "STOP_COPY"), (1 << 1, "P2P"), (1 << 2, "PRE_COPY")];
+    let mut names: Vec<String> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let unknown = flags & !NAMES.iter().fold(0, |all, (bit, _)| all | bit);
+    if unknown != 0 {
+        names.push(format!("{unknown:#x}"));
+    }
+    if names.is_empty() {
+        "0".to_string()
+    } else {
+        names.join("|")
+    }
+}
+
 /// One device under test and every case run on it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceResults {
@@ -217,6 +238,16 @@ pub enum StepReturn {
     Errno { name: String, errno: i32 },
     /// The harness gave up waiting (poll timed out).
     TimedOut,
+}
+
+impl std::fmt::Display for StepReturn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepReturn::Ok(v) => write!(f, "{v}"),
+            StepReturn::Errno { name, errno } => write!(f, "{name} ({errno})"),
+            StepReturn::TimedOut => f.write_str("timed out"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -201,29 +201,8 @@ pub fn state_name(raw: u32) -> String {
     }
 }
 
-/// Names of the `VFIO_MIGRATION_*` bits set in `flags`.
-pub fn migration_flag_names(flags: u64) -> String {
-    let mut names = Vec::new();
-    for (bit, name) in [
-        (VFIO_MIGRATION_STOP_COPY, "STOP_COPY"),
-        (VFIO_MIGRATION_P2P, "P2P"),
-        (VFIO_MIGRATION_PRE_COPY, "PRE_COPY"),
-    ] {
-        if flags & bit != 0 {
-            names.push(name.to_string());
-        }
-    }
-    let unknown =
-        flags & !(VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY);
-    if unknown != 0 {
-        names.push(format!("{unknown:#x}"));
-    }
-    if names.is_empty() {
-        "0".to_string()
-    } else {
-        names.join("|")
-    }
-}
+/// Names of the `VFIO_MIGRATION_*` bits set in `flags` (shared with the reports).
+pub use reports::migration_flag_names;
 
 /// The errno's symbolic name (`EINVAL`), as reports show it.
 pub fn errno_name(errno: Errno) -> String {

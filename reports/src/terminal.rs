@@ -1,0 +1,139 @@
+//! The summary printed at the end of a run: per device a line of counts,
+//! then every case that failed or warned with the check that explains it.
+
+use std::fmt::Write;
+
+use crate::ktap::exit_code;
+use crate::model::{CaseResult, Outcome, Requirement, RunResults};
+use crate::summary::{first_failed_check, one_line, CheckStatus, OutcomeCounts};
+
+/// Indent of the detail lines under a case, past its outcome label.
+const DETAIL: &str = "            ";
+
+/// Plain text, no colour: one line of counts per device, the failing and
+/// warning cases under it, and a total line with the run's verdict.
+pub fn terminal_summary(results: &RunResults) -> String {
+    let mut out = String::new();
+    let mut total = OutcomeCounts::default();
+    for device in &results.devices {
+        let counts = OutcomeCounts::of(&device.cases);
+        let driver = device
+            .driver
+            .as_deref()
+            .or(device.access.as_deref())
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{}{driver}: {} case{}: {}",
+            device.spec,
+            counts.total(),
+            if counts.total() == 1 { "" } else { "s" },
+            counts.describe()
+        );
+        if let Some(wedged) = &device.wedged {
+            let _ = writeln!(out, "  wedged: {}", one_line(wedged));
+        }
+        for case in &device.cases {
+            total.add(case.outcome);
+            write_case(&mut out, case, &results.requirements, results.meta.strict);
+        }
+    }
+    if let Some(reason) = &results.meta.interrupted {
+        let _ = writeln!(out, "interrupted: {}", one_line(reason));
+    }
+    let verdict = match exit_code(results) {
+        0 => "passed",
+        4 => "nothing ran",
+        _ => "FAILED",
+    };
+    let _ = writeln!(
+        out,
+        "total: {} case{}: {} -> {verdict}",
+        total.total(),
+        if total.total() == 1 { "" } else { "s" },
+        total.describe()
+    );
+    out
+}
+
+fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement], strict: bool) {
+    let label = match case.outcome {
+        Outcome::Fail => "FAIL",
+        Outcome::Warn => "WARN",
+        Outcome::Timeout => "TIMEOUT",
+        Outcome::Error => "ERROR",
+        Outcome::Xpass => "XPASS",
+        Outcome::Pass | Outcome::Ignored | Outcome::Xfail => return,
+    };
+    let reason = case
+        .reason
+        .as_deref()
+        .map(|r| format!(": {}", one_line(r)))
+        .unwrap_or_default();
+    let _ = writeln!(out, "  {label:<9} {}{reason}", case.name);
+    if let Some(stuck) = &case.stuck_in {
+        let _ = writeln!(out, "{DETAIL}stuck in: {}", one_line(stuck));
+    }
+    let Some(check) = first_failed_check(case) else {
+        return;
+    };
+    for id in &check.ids {
+        let summary = requirements
+            .iter()
+            .find(|r| &r.id == id)
+            .map(|r| format!(" {}", one_line(&r.summary)))
+            .unwrap_or_default();
+        let _ = writeln!(out, "{DETAIL}{id} ({}){summary}", check.strength.as_str());
+    }
+    let _ = writeln!(out, "{DETAIL}expected: {}", one_line(&check.expected));
+    let _ = writeln!(out, "{DETAIL}observed: {}", one_line(&check.observed));
+    if let Some(at) = &check.location {
+        let _ = writeln!(out, "{DETAIL}at: {at}");
+    }
+    let more = case
+        .checks
+        .iter()
+        .filter(|c| {
+            matches!(
+                CheckStatus::of(c, strict),
+                CheckStatus::Fail | CheckStatus::Warn
+            )
+        })
+        .count()
+        .saturating_sub(1);
+    if more > 0 {
+        let _ = writeln!(
+            out,
+            "{DETAIL}(and {more} more failed check{})",
+            if more == 1 { "" } else { "s" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::fixture;
+
+    #[test]
+    fn terminal_snapshot() {
+        insta::assert_snapshot!(terminal_summary(&fixture()));
+    }
+
+    #[test]
+    fn verdict_line_follows_the_exit_code() {
+        let mut results = fixture();
+        assert!(terminal_summary(&results).ends_with("-> FAILED\n"));
+        for case in results.devices.iter_mut().flat_map(|d| &mut d.cases) {
+            case.outcome = Outcome::Ignored;
+        }
+        let text = terminal_summary(&results);
+        assert!(
+            text.ends_with("total: 12 cases: 12 ignored -> nothing ran\n"),
+            "{text}"
+        );
+        results.devices[0].cases[0].outcome = Outcome::Pass;
+        assert!(terminal_summary(&results).ends_with("-> passed\n"));
+    }
+}
