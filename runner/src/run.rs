@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use libtest_mimic::{Completion, Failed, Trial};
 use reports::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults, Strength, Verdict};
 use serde::Deserialize;
+use suite::device::sim::SimConfig;
 use suite::device::{DeviceDescription, DeviceSpec};
 use suite::exec::{self, DeviceCaps, RunSettings};
 
@@ -94,42 +95,45 @@ fn destination_for(args: &RunArgs, spec: &str) -> Option<String> {
         .or_else(|| is_sim(spec).then(|| spec.to_string()))
 }
 
-/// The device of another type for `spec`'s incompatible-stream cases.
+/// The simulator options of a `sim` spec, when they parse.
+fn sim_config(spec: &str) -> Option<SimConfig> {
+    match DeviceSpec::parse(spec) {
+        Ok(DeviceSpec::Sim(options)) => SimConfig::parse(&options).ok(),
+        _ => None,
+    }
+}
+
+/// The device of another type for `spec`'s incompatible-stream cases: for
+/// the simulator, the same options with another `type=` (the last wins).
 fn incompatible_for(args: &RunArgs, spec: &str) -> Option<String> {
     args.incompatible.clone().or_else(|| {
-        is_sim(spec).then(|| match spec.strip_prefix("sim:") {
-            Some(options) => format!("sim:{options},type=sim-other"),
-            None => "sim:type=sim-other".to_string(),
+        is_sim(spec).then(|| {
+            let other = match sim_config(spec) {
+                Some(c) if c.device_type() == "sim-b" => "sim-a",
+                _ => "sim-b",
+            };
+            match spec.strip_prefix("sim:") {
+                Some(options) => format!("sim:{options},type={other}"),
+                None => format!("sim:type={other}"),
+            }
         })
     })
 }
 
-/// Whether `spec`'s streams repeat byte for byte.
+/// Whether `spec`'s streams repeat byte for byte: the simulator says so
+/// itself, real devices through `--profile`.
 fn deterministic(spec: &str, profile: &Profile) -> bool {
-    if is_sim(spec) {
-        return true;
+    match sim_config(spec) {
+        Some(c) => c.deterministic(),
+        None => profile.deterministic_stream,
     }
-    profile.deterministic_stream
-}
-
-/// `[A-Za-z0-9_-]` runs of `text`, other characters squeezed to one `-`.
-fn slug(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.trim_matches('-').to_string()
 }
 
 fn trial_name(device_index: usize, spec: &str, case: &str) -> String {
     if device_index == 0 {
         case.to_string()
     } else {
-        format!("{}::{case}", slug(spec))
+        format!("{}::{case}", reports::summary::slug(spec))
     }
 }
 
@@ -629,7 +633,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             Err(e) => eprintln!("error: cannot write {}: {e}", path.display()),
         }
     }
-    print!("\n{}", render::summary(&results));
+    print!("\n{}", reports::terminal_summary(&results));
     println!(
         "results: {} (journal {})",
         written
@@ -640,15 +644,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         args.out.join(output::JOURNAL).display()
     );
     if let Some(mut out) = ktap_out {
-        if let Some(text) = render::ktap(&results) {
-            out.write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .context("writing KTAP to stdout")?;
-        }
+        out.write_all(reports::ktap(&results).as_bytes())
+            .and_then(|()| out.flush())
+            .context("writing KTAP to stdout")?;
     }
     Ok(match signal {
         Some(s) => signals::exit_code(s),
-        None => render::exit_code(&results),
+        None => reports::exit_code(&results),
     })
 }
 
@@ -722,8 +724,28 @@ mod tests {
         assert_eq!(destination_for(&args, "sim:v1").as_deref(), Some("sim:v1"));
         assert_eq!(
             incompatible_for(&args, "sim").as_deref(),
-            Some("sim:type=sim-other")
+            Some("sim:type=sim-b")
         );
+        assert_eq!(
+            incompatible_for(&args, "sim:v1,type=sim-b").as_deref(),
+            Some("sim:v1,type=sim-b,type=sim-a")
+        );
+        assert_eq!(
+            sim_config("sim:v1,type=sim-b,type=sim-a").map(|c| c.device_type().to_string()),
+            Some("sim-a".into())
+        );
+        assert!(deterministic(
+            "sim",
+            &Profile {
+                deterministic_stream: false
+            }
+        ));
+        assert!(!deterministic(
+            "sim:deterministic=false",
+            &Profile {
+                deterministic_stream: true
+            }
+        ));
         assert_eq!(destination_for(&args, "0000:3b:00.1"), None);
         assert_eq!(incompatible_for(&args, "0000:3b:00.1"), None);
         let args = parse_run(&["--destination", "0000:3b:00.2"]);
