@@ -454,12 +454,17 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         include_dangerous: args.dangerous_allowed(),
         interrupted: None,
     };
-    println!(
+    // libtest-mimic's JSON owns stdout; the runner's own lines go to stderr.
+    let say = |text: String| match args.format {
+        Format::Json => eprintln!("{text}"),
+        _ => println!("{text}"),
+    };
+    say(format!(
         "vfio-migtest {}: {} case(s) on {} device(s), seed {seed} (repeat with --seed {seed})",
         meta.tool_version,
         cases.len(),
         specs.len()
-    );
+    ));
     let _ = journal.append(&JournalLine::Meta(meta.clone()));
     let kmsg = if all_sim {
         Ok(())
@@ -488,13 +493,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     for spec in &specs {
         let peers = [destination_for(args, spec), incompatible_for(args, spec)];
         for s in std::iter::once(spec.clone()).chain(peers.into_iter().flatten()) {
-            if probed.contains_key(&s) || signals::received().is_some() {
+            // A device that cannot be used needs no peers.
+            let device_failed = probed.get(spec).is_some_and(|p| p.is_err());
+            if probed.contains_key(&s) || device_failed || signals::received().is_some() {
                 continue;
             }
             let p = case::probe(&harness, &s);
             match &p {
-                Err(ProbeFailure::Open(m)) => eprintln!("{s}: cannot be used: {m}"),
-                Err(ProbeFailure::Wedged(m)) => eprintln!("{s}: wedged: {m}"),
+                // Open errors name the device and say what to do.
+                Err(ProbeFailure::Open(m)) => eprintln!("device not usable: {m}"),
+                Err(ProbeFailure::Wedged(m)) => eprintln!("device wedged: {s}: {m}"),
                 Ok(_) => {}
             }
             probed.insert(s, p);
@@ -633,8 +641,11 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             Err(e) => eprintln!("error: cannot write {}: {e}", path.display()),
         }
     }
-    print!("\n{}", reports::terminal_summary(&results));
-    println!(
+    say(format!(
+        "\n{}",
+        reports::terminal_summary(&results).trim_end()
+    ));
+    say(format!(
         "results: {} (journal {})",
         written
             .iter()
@@ -642,7 +653,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             .collect::<Vec<_>>()
             .join(", "),
         args.out.join(output::JOURNAL).display()
-    );
+    ));
     if let Some(mut out) = ktap_out {
         out.write_all(reports::ktap(&results).as_bytes())
             .and_then(|()| out.flush())
