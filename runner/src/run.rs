@@ -465,7 +465,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         cases.len(),
         specs.len()
     ));
-    let _ = journal.append(&JournalLine::Meta(meta.clone()));
+    journal.append(&JournalLine::Meta(meta.clone()))?;
     let kmsg = if all_sim {
         Ok(())
     } else {
