@@ -176,6 +176,9 @@ pub(crate) struct RoleCtx<'d> {
     pub precopy_info_v2: bool,
     /// The v1 migration region, found when a v1 case starts.
     pub region: Option<v1::V1Region>,
+    /// A complete, unaltered stream was written in the current RESUMING
+    /// session, so leaving RESUMING must succeed.
+    pub resume_loaded: bool,
 }
 
 /// Ended-session fds kept open for probing; older ones are closed.
@@ -304,6 +307,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             logging: false,
             precopy_info_v2: false,
             region: None,
+            resume_loaded: false,
         };
         Exec {
             opts,

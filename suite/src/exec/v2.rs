@@ -312,7 +312,11 @@ impl Exec<'_, '_> {
                 ))
             })?,
         };
+        // Leaving RESUMING makes the driver judge the data written: without a
+        // complete stream it must refuse (V2-RESUME-03), whatever the table says.
+        let unloaded = cur == MigState::Resuming && !ctx.resume_loaded;
         let model = model::expect_set(flags, cur, target);
+        let incomplete = unloaded && matches!(model, Expectation::Moves { .. });
         let args = format!("{cur} -> {}", state_name(target));
         if model::is_dangerous(cur, target) && !self.opts.include_dangerous {
             self.note(format!(
@@ -359,6 +363,16 @@ impl Exec<'_, '_> {
         // The result of the SET itself.
         match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
             Some((e, w)) => self.check_result(key, e, w, &got),
+            None if incomplete => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-RESUME-03",
+                    r.result.is_err(),
+                    "an error: no complete stream was written in RESUMING".into(),
+                    ret_text(&got),
+                ),
+            ),
             None => {
                 let (id, pass, expected) = match &model {
                     Expectation::NoOp => (
@@ -483,6 +497,7 @@ impl Exec<'_, '_> {
                 ),
             );
             let (allowed, id): (Vec<MigState>, &str) = match &model {
+                _ if incomplete => (vec![MigState::Resuming, MigState::Error], "V2-RESUME-03"),
                 Expectation::Refused(why) => (vec![cur], why.requirement()),
                 Expectation::Moves { path, .. } => {
                     let mut v = vec![cur, MigState::Error];
@@ -540,6 +555,7 @@ impl Exec<'_, '_> {
             }
             let ctx = self.role(role)?;
             if r.data_fd >= 0 {
+                ctx.resume_loaded = false;
                 let kind = if after == Some(MigState::Resuming) {
                     SessionKind::Resuming
                 } else {
@@ -1345,7 +1361,7 @@ impl Exec<'_, '_> {
 
     /// Writes a saved stream (with its mutation) to the resuming fd.
     /// Returns the bytes accepted and the first error.
-    fn write_stream(
+    pub(crate) fn write_stream(
         &mut self,
         role: Role,
         fd: DataFd,
@@ -1391,6 +1407,9 @@ impl Exec<'_, '_> {
             }
         })();
         self.buffers.insert(w.from.clone(), stream);
+        if let Ok((_, err)) = &result {
+            self.role(role)?.resume_loaded = err.is_none() && w.mutation.is_none();
+        }
         result
     }
 
@@ -1694,7 +1713,7 @@ impl Exec<'_, '_> {
         )
     }
 
-    fn save(
+    pub(crate) fn save(
         &mut self,
         role: Role,
         into: &str,
@@ -2062,6 +2081,7 @@ impl Exec<'_, '_> {
             chunk: chunk as u64,
             downtime_ns: downtime,
         }));
+        self.role(to)?.resume_loaded = failure.is_none();
         let stopped = self.set_state(to, MigState::Stop.raw(), None, key)?.ok;
         self.set_state(role, MigState::Stop.raw(), None, key)?;
         let pass = failure.is_none() && stopped;

@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::*;
 use crate::model;
+use crate::scenario::{Mutation, WriteSpec};
 
 impl Exec<'_, '_> {
     pub(super) fn walk(
@@ -18,33 +19,32 @@ impl Exec<'_, '_> {
         key: &StepKey,
     ) -> Flow {
         let seed = seed.unwrap_or(self.seed);
-        self.note(format!("walk of {steps} transitions, seed {seed} (repeat with `walk: {{ seed: {seed} }}` or --seed)"));
+        self.note(format!(
+            "walk of {steps} transitions, seed {seed} (repeat with `walk: {{ seed: {seed} }}` or --seed)"
+        ));
         let flags = self.role(role)?.flags;
         let mut targets: Vec<u32> = flags.supported_states().iter().map(|s| s.raw()).collect();
         if invalid {
             targets.extend(state_set(flags, &StateSet::Invalid));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let walk_key = StepKey {
             prefix: format!("{}-walk", key.prefix),
             loc: key.loc.clone(),
         };
+        // A stream of this device to load whenever the walk enters
+        // RESUMING, so that leaving RESUMING is expected to succeed.
+        let load = WriteSpec {
+            from: format!("{}-stream", walk_key.prefix),
+            chunk: 1 << 20,
+            mutation: Mutation::default(),
+        };
+        self.set_state(role, MigState::Stop.raw(), None, &walk_key)?;
+        self.save(role, &load.from, load.chunk, None, &walk_key)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for _ in 0..steps {
             let cur = match self.role(role)?.state {
                 Some(s) => s,
-                None => {
-                    // A failed SET left the state unknown; start over from RUNNING.
-                    self.role(role)?.dev.reset().map_err(|e| {
-                        Abort::Harness(format!(
-                            "reset during the walk failed with {}",
-                            crate::uapi::errno_name(e)
-                        ))
-                    })?;
-                    self.end_session(role, EndedBy::Reset)?;
-                    let ctx = self.role(role)?;
-                    ctx.state = Some(MigState::Running);
-                    MigState::Running
-                }
+                None => self.restart(role)?,
             };
             let mut target = targets[rng.random_range(0..targets.len())];
             while model::is_dangerous(cur, target) && !self.opts.include_dangerous {
@@ -56,10 +56,50 @@ impl Exec<'_, '_> {
             for (fd, _, _) in ctx.ended.drain(..) {
                 let _ = ctx.dev.data_close(fd);
             }
+            let fresh_resume = ctx.state == Some(MigState::Resuming)
+                && !ctx.resume_loaded
+                && ctx
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.kind == SessionKind::Resuming);
             if !out.ok && ctx.state == Some(MigState::Error) {
                 ctx.state = None;
             }
+            if fresh_resume {
+                let fd = self.session_fd(role, SessionKind::Resuming)?;
+                let (written, err) = self.write_stream(role, fd, &load)?;
+                if let Some(e) = err {
+                    self.check(
+                        &walk_key,
+                        Check::builtin(
+                            "load",
+                            "V2-RESUME-01",
+                            false,
+                            "the device's own stream is accepted in RESUMING".into(),
+                            format!("write failed with {} after {written} bytes", errno_name(e)),
+                        ),
+                    );
+                }
+            }
         }
         Ok(())
+    }
+
+    /// After the walk lost track of the state (ERROR, a failed GET): reset
+    /// and go on from RUNNING.
+    fn restart(&mut self, role: Role) -> Result<MigState, Abort> {
+        self.role(role)?.dev.reset().map_err(|e| {
+            Abort::Harness(format!(
+                "reset during the walk failed with {}",
+                errno_name(e)
+            ))
+        })?;
+        self.end_session(role, EndedBy::Reset)?;
+        let ctx = self.role(role)?;
+        ctx.state = Some(MigState::Running);
+        for (fd, _, _) in ctx.ended.drain(..) {
+            let _ = ctx.dev.data_close(fd);
+        }
+        Ok(MigState::Running)
     }
 }

@@ -50,8 +50,8 @@ use v1::V1Region;
 
 /// The first data fd number the simulator hands out.
 const FIRST_DATA_FD: DataFd = 1000;
-/// `slow-transition`: the time every SET takes.
-const SLOW_SET: Duration = Duration::from_millis(50);
+/// `slow-transition`: the time the first SET to STOP_COPY takes.
+const SLOW_SET: Duration = Duration::from_millis(200);
 /// `spontaneous-state-change`: GETs in STOP before the device moves.
 const GETS_BEFORE_MOVING: u32 = 3;
 /// Number of regions of a vfio-pci device (BARs, ROM, config, VGA).
@@ -149,6 +149,8 @@ pub struct Simulator {
     early: Option<MigState>,
     /// `spontaneous-state-change`: GETs since the last SET.
     stop_gets: u32,
+    /// `slow-transition`: the slow SET has happened.
+    slow_done: bool,
     /// `error-on-resume-stays`: ERROR came from a failed resume.
     resume_error: bool,
     /// `enomsg-in-stop-copy`: ENOMSG was returned once.
@@ -209,6 +211,7 @@ impl Simulator {
             v1,
             early: None,
             stop_gets: 0,
+            slow_done: false,
             resume_error: false,
             enomsg_given: false,
             config,
@@ -492,7 +495,9 @@ impl Simulator {
         }
         let target = VfioDeviceFeatureMigState::from_bytes(input).device_state;
         let mut delay = self.config.latency();
-        if self.has(Fault::SlowTransition) {
+        if self.has(Fault::SlowTransition) && !self.slow_done && target == MigState::StopCopy.raw()
+        {
+            self.slow_done = true;
             delay += SLOW_SET;
         }
         sleep(delay);

@@ -495,7 +495,7 @@ impl Saver {
     /// Like [`Saver::initial_bytes`], counting page content only.
     pub fn initial_payload_bytes(&self) -> u64 {
         let buffered = if self.kind == Kind::Initial {
-            (self.buf.len() - self.pos.max(self.payload_at)) as u64
+            self.buf.len().saturating_sub(self.pos.max(self.payload_at)) as u64
         } else {
             0
         };

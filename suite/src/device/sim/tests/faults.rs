@@ -293,16 +293,19 @@ fn every_fault_is_tested() {
 
 #[test]
 fn slow_transition() {
-    let timed = |options: &str| {
-        let mut d = sim(options);
+    let timed = |d: &mut Simulator, to: MigState| {
         let start = Instant::now();
-        go(&mut d, Stop);
-        assert_eq!(d.get_state(), Ok(Stop), "the rule still holds");
+        go(d, to);
+        assert_eq!(d.get_state(), Ok(to), "the rule still holds");
         start.elapsed()
     };
-    assert!(timed("") < SLOW_SET);
-    assert!(timed("fault=slow-transition") >= SLOW_SET);
-    assert!(timed("latency=20ms") >= Duration::from_millis(20));
+    assert!(timed(&mut sim(""), StopCopy) < SLOW_SET);
+    let mut slow = sim("fault=slow-transition");
+    assert!(timed(&mut slow, Stop) < SLOW_SET, "only STOP_COPY is slow");
+    assert!(timed(&mut slow, StopCopy) >= SLOW_SET);
+    go(&mut slow, Stop);
+    assert!(timed(&mut slow, StopCopy) < SLOW_SET, "only the first time");
+    assert!(timed(&mut sim("latency=20ms"), Stop) >= Duration::from_millis(20));
 }
 
 /// Runs `op` on a thread; whether it finished within `wait`. A hung thread

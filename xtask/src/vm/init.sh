@@ -1,0 +1,152 @@
+#!/bin/busybox sh
+# /init of the VM lab guest, written by `cargo xtask vm`: sets up real VFIO
+# devices, runs vfio-migtest on them, sends /results to the host over the
+# second serial port and powers off. Whatever fails, the results folder and
+# the kernel log still go out, so the host can say what went wrong.
+
+/bin/busybox mkdir -p /proc /sys /dev /run /results /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+# Fixed, so that logs and expectation files can name the devices.
+UUID_A=83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 # mtty-2, the device under test
+UUID_B=83b8f4f2-509f-382f-3c1e-e6bfe0fa1002 # mtty-2, the migration destination
+UUID_C=83b8f4f2-509f-382f-3c1e-e6bfe0fa1003 # mtty-1, its stream must be refused
+MTTY_TYPES=/sys/class/mdev_bus/mtty/mdev_supported_types
+
+# The host looks for these exact lines (xtask/src/vm/results.rs).
+RESULTS_PORT=/dev/ttyS1
+RESULTS_BEGIN="--- vfio-migtest results begin ---"
+RESULTS_END="--- vfio-migtest results end ---"
+
+# ---- The suite invocations: adjust them here. ------------------------------
+# Each run is recorded as "<name> <exit code>" in /results/exit-codes; which
+# codes are acceptable is decided on the host (xtask/src/vm/results.rs).
+run_suite() {
+    suite mtty vfio-migtest run --device "$UUID_A" --destination "$UUID_B" \
+        --incompatible "$UUID_C" --include-dangerous --out /results/mtty "$@"
+    suite pci vfio-migtest run --device "$NIC_BDF" --out /results/pci
+}
+# -----------------------------------------------------------------------------
+
+# Runs the command "$2..." as the suite run named $1.
+suite() {
+    name=$1
+    shift
+    say "run $name: $*"
+    "$@" >"/results/$name.log" 2>&1
+    code=$?
+    cat "/results/$name.log"
+    echo "$name $code" >>/results/exit-codes
+    say "run $name: exit code $code"
+}
+
+# Diagnostics go to stderr so that functions can print results on stdout.
+say() {
+    echo "vm-lab: $*" >&2
+}
+
+# Records why the devices could not be set up; the host reports it and fails.
+setup_failed() {
+    say "setup failed: $*"
+    echo "$*" >>/results/setup-error
+}
+
+# Modules are named NN-name.ko, so the glob yields the dependency order.
+load_modules() {
+    for module in /modules/*.ko; do
+        say "insmod ${module#/modules/}"
+        insmod "$module" || { setup_failed "insmod $module failed"; return 1; }
+    done
+}
+
+# Prints the IOMMU group of the sysfs device $1, if it has a VFIO group node.
+vfio_group() {
+    link=$(readlink "$1/iommu_group") || return 1
+    group=${link##*/}
+    [ -c "/dev/vfio/$group" ] && echo "$group"
+}
+
+# Creates the mtty device $1 of type $2 and prints its IOMMU group.
+create_mdev() {
+    echo "$1" >"$MTTY_TYPES/$2/create" ||
+        { setup_failed "cannot create $2 device $1"; return 1; }
+    vfio_group "/sys/bus/mdev/devices/$1" ||
+        { setup_failed "$2 device $1 has no /dev/vfio group node"; return 1; }
+}
+
+create_mdevs() {
+    GROUP_A=$(create_mdev "$UUID_A" mtty-2) &&
+        GROUP_B=$(create_mdev "$UUID_B" mtty-2) &&
+        GROUP_C=$(create_mdev "$UUID_C" mtty-1) || return 1
+    say "ls /sys/bus/mdev/devices:"
+    ls /sys/bus/mdev/devices >&2
+}
+
+# Prints the address of the first Ethernet controller (the emulated NIC).
+find_nic() {
+    for dev in /sys/bus/pci/devices/*; do
+        if [ "$(cat "$dev/class")" = 0x020000 ]; then
+            echo "${dev##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+bind_nic() {
+    NIC_BDF=$(find_nic) ||
+        { setup_failed "no Ethernet controller (class 0x020000) found"; return 1; }
+    echo vfio-pci >"/sys/bus/pci/devices/$NIC_BDF/driver_override"
+    echo "$NIC_BDF" >/sys/bus/pci/drivers_probe
+    [ -e "/sys/bus/pci/drivers/vfio-pci/$NIC_BDF" ] ||
+        { setup_failed "vfio-pci did not bind $NIC_BDF"; return 1; }
+    NIC_GROUP=$(vfio_group "/sys/bus/pci/devices/$NIC_BDF") ||
+        { setup_failed "$NIC_BDF has no /dev/vfio group node"; return 1; }
+    say "$NIC_BDF bound to vfio-pci: $(ls -d "/sys/bus/pci/drivers/vfio-pci/$NIC_BDF")"
+}
+
+write_devices_env() {
+    cat >/run/devices.env <<EOF
+UUID_A=$UUID_A
+GROUP_A=$GROUP_A
+UUID_B=$UUID_B
+GROUP_B=$GROUP_B
+UUID_C=$UUID_C
+GROUP_C=$GROUP_C
+NIC_BDF=$NIC_BDF
+NIC_GROUP=$NIC_GROUP
+EOF
+    say "devices:"
+    cat /run/devices.env >&2
+    ls -l /dev/vfio >&2
+}
+
+# Closing the port waits until the UART has sent everything, so the data is
+# complete before poweroff.
+send_results() {
+    {
+        echo "$RESULTS_BEGIN"
+        tar -C /results -cf - . | gzip | base64
+        echo "$RESULTS_END"
+    } >"$RESULTS_PORT"
+}
+
+# Extra arguments from `cargo xtask vm -- ARGS`, one per line.
+set --
+while IFS= read -r arg; do
+    set -- "$@" "$arg"
+done </etc/suite-args
+
+if load_modules && create_mdevs && bind_nic; then
+    write_devices_env
+    cp /run/devices.env /results/devices.env
+    run_suite "$@"
+fi
+dmesg >/results/kernel.log
+send_results
+poweroff -f

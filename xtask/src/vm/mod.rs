@@ -1,0 +1,195 @@
+//! `cargo xtask vm`: runs the suite against real kernel drivers (the mtty
+//! sample mdev driver and vfio-pci) in a QEMU guest running the host's Debian
+//! 6.12 kernel, and brings the results back.
+//!
+//! Layout under the target directory:
+//! - `vm/cache/`: the kernel source .deb, extracted mtty.c, built mtty.ko
+//!   (`mtty-<hash>/`), kept across runs;
+//! - `vm/work/`: the guest tree, initramfs and raw serial capture of this
+//!   run, deleted at the end unless `--keep`;
+//! - `vm/results/`: the default `--out`.
+
+mod initramfs;
+mod mtty;
+mod packages;
+mod qemu;
+mod results;
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+/// Lines of the console log shown when the guest fails.
+const CONSOLE_TAIL_LINES: usize = 30;
+
+pub struct Options {
+    pub out: Option<PathBuf>,
+    pub timeout: Duration,
+    pub keep: bool,
+    /// Extra arguments for the suite's mtty run in the guest.
+    pub suite_args: Vec<String>,
+}
+
+/// Where things live, derived from the workspace and target directories.
+struct Layout {
+    workspace: PathBuf,
+    cache: PathBuf,
+    work: PathBuf,
+    target: PathBuf,
+}
+
+impl Layout {
+    fn new() -> Result<Self> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask is not inside a workspace")?
+            .to_path_buf();
+        let target = match env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => std::path::absolute(dir)?,
+            None => workspace.join("target"),
+        };
+        Ok(Self {
+            cache: target.join("vm/cache"),
+            work: target.join("vm/work"),
+            workspace,
+            target,
+        })
+    }
+}
+
+pub fn run(options: Options) -> Result<()> {
+    let layout = Layout::new()?;
+    let out = match options.out {
+        Some(out) => std::path::absolute(out)?,
+        None => layout.target.join("vm/results"),
+    };
+    // Checked first, so that a wrong --out fails before the slow steps.
+    replace_results_dir(&out)?;
+
+    let prepared = step("packages", || packages::ensure(&layout.cache.join("debs")))?;
+    let initrd = build_guest(&layout, &prepared, &options.suite_args)?;
+    let outcome = boot_guest(&layout, &prepared.kernel, &initrd, &out, options.timeout);
+    if options.keep {
+        println!("kept: {}", layout.work.display());
+    } else {
+        fs::remove_dir_all(&layout.work)?;
+    }
+    outcome?;
+    println!("results: {}", out.display());
+    results::judge(&out)
+}
+
+/// Builds mtty.ko and the suite, and packs them into a fresh initramfs in
+/// the work directory; returns its path.
+fn build_guest(
+    layout: &Layout,
+    prepared: &packages::Prepared,
+    suite_args: &[String],
+) -> Result<PathBuf> {
+    let kernel = &prepared.kernel;
+    let mtty = step("mtty.ko", || {
+        mtty::build(kernel, &prepared.source_deb, &layout.cache)
+    })?;
+    let suite = step("vfio-migtest", || build_suite(layout))?;
+
+    if layout.work.exists() {
+        fs::remove_dir_all(&layout.work)?;
+    }
+    fs::create_dir_all(&layout.work)?;
+    let initrd = layout.work.join("initrd.gz");
+    let expectations = layout.workspace.join("expectations");
+    let contents = initramfs::Contents {
+        kernel,
+        mtty: &mtty,
+        suite: &suite,
+        suite_args,
+        expectations: expectations.is_dir().then_some(expectations.as_path()),
+    };
+    step("initramfs", || {
+        initramfs::build(&contents, &layout.work.join("root"), &initrd)
+    })?;
+    Ok(initrd)
+}
+
+/// Boots the guest and unpacks its results into `out`, next to the
+/// console log; shows the end of the console log if that fails.
+fn boot_guest(
+    layout: &Layout,
+    kernel: &packages::Kernel,
+    initrd: &Path,
+    out: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let console = out.join("console.log");
+    let captured = layout.work.join("results.serial");
+    let serial = qemu::Serial {
+        console: &console,
+        results: &captured,
+    };
+    println!("console log: {}", console.display());
+    let outcome = step("guest", || qemu::boot(kernel, initrd, &serial, timeout))
+        .and_then(|()| results::unpack(&captured, &layout.work.join("results.b64"), out));
+    if outcome.is_err() {
+        show_console_tail(&console);
+    }
+    outcome
+}
+
+/// Runs one named step, printing how long it took.
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    println!("==> {name}");
+    let started = Instant::now();
+    let value = f().with_context(|| format!("step {name} failed"))?;
+    println!("==> {name}: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(value)
+}
+
+/// Builds the suite binary for the guest, which runs the host's userland
+/// libraries (the same Debian release), so a normal release build fits.
+fn build_suite(layout: &Layout) -> Result<PathBuf> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    cmd::run(
+        Command::new(cargo)
+            .args(["build", "--release", "-p", "vfio-migtest"])
+            .current_dir(&layout.workspace),
+    )?;
+    Ok(layout.target.join("release/vfio-migtest"))
+}
+
+/// Empties `out` for this run's results. Only a folder that is empty or
+/// holds an earlier run's results (it has a console.log) is removed, so a
+/// mistyped `--out` cannot delete anything else.
+fn replace_results_dir(out: &Path) -> Result<()> {
+    if out.exists() {
+        let empty = fs::read_dir(out)?.next().is_none();
+        if !empty && !out.join("console.log").is_file() {
+            bail!(
+                "{} is not empty and holds no earlier results; choose another --out",
+                out.display()
+            );
+        }
+        fs::remove_dir_all(out)?;
+    }
+    fs::create_dir_all(out)?;
+    Ok(())
+}
+
+fn show_console_tail(console: &Path) {
+    let Ok(bytes) = fs::read(console) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..];
+    eprintln!("--- last lines of {} ---", console.display());
+    for line in tail {
+        eprintln!("{line}");
+    }
+    eprintln!("---");
+}

@@ -1,0 +1,142 @@
+//! Getting the guest's `/results` back and judging them.
+//!
+//! The guest writes `tar | gzip | base64` between two marker lines to its
+//! second serial port, which QEMU saves to a file: no network, no shared
+//! filesystem, nothing but Debian's built-in serial driver.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+/// The marker lines `init.sh` writes around the archive.
+const BEGIN: &str = "--- vfio-migtest results begin ---";
+const END: &str = "--- vfio-migtest results end ---";
+
+/// The suite runs `init.sh` must record in `exit-codes`.
+const EXPECTED_RUNS: [&str; 2] = ["mtty", "pci"];
+
+/// Whether `code` is the right exit code for the guest's suite run `run`.
+/// Exit codes follow kselftest: 0 pass, 1 fail, 4 skip.
+fn exit_code_acceptable(run: &str, code: i32) -> bool {
+    match run {
+        // The emulated NIC has no migration support: skipping is correct.
+        "pci" => code == 4,
+        // mtty supports migration, so a skip means the lab is broken.
+        _ => code == 0,
+    }
+}
+
+/// Decodes the archive captured from the results port into `out`, using
+/// `scratch` for the base64 text.
+pub fn unpack(captured: &Path, scratch: &Path, out: &Path) -> Result<()> {
+    let bytes = fs::read(captured).with_context(|| {
+        format!(
+            "cannot read the results port capture {}",
+            captured.display()
+        )
+    })?;
+    let base64 = archive_text(&String::from_utf8_lossy(&bytes))?;
+    fs::write(scratch, base64)?;
+    let mut decode = Command::new("base64");
+    decode.arg("-d").arg(scratch);
+    let mut untar = Command::new("tar");
+    untar.arg("-xz").arg("-C").arg(out);
+    cmd::pipeline(&mut [decode, untar], Stdio::inherit()).context("results could not be decoded")
+}
+
+/// The base64 text between the markers, without line breaks (the guest's
+/// tty turns each `\n` into `\r\n`).
+fn archive_text(captured: &str) -> Result<String> {
+    let Some((_, rest)) = captured.split_once(BEGIN) else {
+        bail!("the guest sent no results (no begin marker on its results port)");
+    };
+    let Some((text, _)) = rest.split_once(END) else {
+        bail!("the guest's results are truncated (no end marker on its results port)");
+    };
+    Ok(text.split_whitespace().collect())
+}
+
+/// Checks the unpacked results: device setup worked, and every expected
+/// suite run ended with an acceptable exit code.
+pub fn judge(out: &Path) -> Result<()> {
+    if let Ok(error) = fs::read_to_string(out.join("setup-error")) {
+        bail!("guest could not set up its devices: {}", error.trim());
+    }
+    let path = out.join("exit-codes");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("the guest recorded no exit codes ({})", path.display()))?;
+    let codes = parse_exit_codes(&text)?;
+    let mut failed = Vec::new();
+    for run in EXPECTED_RUNS {
+        match codes.get(run) {
+            Some(&code) if exit_code_acceptable(run, code) => {
+                println!("suite run {run}: exit code {code} (as expected)");
+            }
+            Some(&code) => failed.push(format!("{run} exited with {code}")),
+            None => failed.push(format!("{run} recorded no exit code")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("suite runs in the guest failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Parses lines of `<run> <exit code>`.
+fn parse_exit_codes(text: &str) -> Result<BTreeMap<String, i32>> {
+    text.lines()
+        .map(|line| {
+            let parsed = line
+                .split_once(' ')
+                .and_then(|(run, code)| Some((run.to_owned(), code.trim().parse().ok()?)));
+            parsed.with_context(|| format!("malformed line in exit-codes: {line:?}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_script_uses_the_same_markers() {
+        let init = include_str!("init.sh");
+        assert!(init.contains(&format!("RESULTS_BEGIN=\"{BEGIN}\"")));
+        assert!(init.contains(&format!("RESULTS_END=\"{END}\"")));
+    }
+
+    #[test]
+    fn archive_text_strips_console_line_endings() {
+        let captured = format!("noise\r\n{BEGIN}\r\nQUJD\r\nREVG\r\n{END}\r\n");
+        assert_eq!(archive_text(&captured).unwrap(), "QUJDREVG");
+    }
+
+    #[test]
+    fn archive_text_rejects_a_truncated_capture() {
+        let captured = format!("{BEGIN}\r\nQUJD\r\n");
+        let err = archive_text(&captured).unwrap_err();
+        assert!(err.to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn pci_must_skip_and_mtty_must_pass() {
+        assert!(exit_code_acceptable("pci", 4));
+        assert!(!exit_code_acceptable("pci", 0));
+        assert!(exit_code_acceptable("mtty", 0));
+        assert!(!exit_code_acceptable("mtty", 1));
+        assert!(!exit_code_acceptable("mtty", 4));
+    }
+
+    #[test]
+    fn exit_codes_parse_and_reject_garbage() {
+        let codes = parse_exit_codes("mtty 0\npci 4\n").unwrap();
+        assert_eq!(codes["mtty"], 0);
+        assert_eq!(codes["pci"], 4);
+        assert!(parse_exit_codes("mtty zero\n").is_err());
+    }
+}
