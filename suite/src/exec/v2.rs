@@ -1,10 +1,9 @@
 //! Protocol v2 operations: the state machine, the data fd, size estimates.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
 use std::time::Instant;
 
-use reports::{Direction, Event, StepReturn, Transfer};
+use reports::{Direction, Event, StepReturn};
 
 use super::stream::StreamBuf;
 use super::*;
@@ -1038,14 +1037,7 @@ impl Exec<'_, '_> {
             let dur = nanos(t0.elapsed());
             let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
             if end == End::Eof && state == Some(MigState::StopCopy) {
-                (self.sink)(Event::Transfer(Transfer {
-                    role: role.as_str().into(),
-                    direction: Direction::Save,
-                    bytes: total,
-                    duration_ns: dur,
-                    chunk,
-                    downtime_ns: downtime,
-                }));
+                self.transfer(role, Direction::Save, total, dur, chunk, downtime);
             }
         }
         self.read_checks(role, fd, until, state, total, end, enomsg_seen, bound, key)?;
@@ -1381,7 +1373,7 @@ impl Exec<'_, '_> {
                 .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
             let mut written = 0u64;
             loop {
-                let n = read_up_to(&mut reader, &mut self.buf[..chunk])
+                let n = stream::read_full(&mut reader, &mut self.buf[..chunk])
                     .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
                 if n == 0 {
                     return Ok((written, None));
@@ -1821,14 +1813,14 @@ impl Exec<'_, '_> {
             t0,
             key,
         );
-        (self.sink)(Event::Transfer(Transfer {
-            role: role.as_str().into(),
-            direction: Direction::Resume,
-            bytes: written,
-            duration_ns: nanos(t0.elapsed()),
-            chunk: w.chunk,
-            downtime_ns: None,
-        }));
+        self.transfer(
+            role,
+            Direction::Resume,
+            written,
+            nanos(t0.elapsed()),
+            w.chunk,
+            None,
+        );
         if err == Some(Errno::ETIMEDOUT) {
             self.check(
                 key,
@@ -2079,14 +2071,14 @@ impl Exec<'_, '_> {
             key,
         );
         let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
-        (self.sink)(Event::Transfer(Transfer {
-            role: role.as_str().into(),
-            direction: Direction::Save,
-            bytes: total,
-            duration_ns: nanos(t0.elapsed()),
-            chunk: chunk as u64,
-            downtime_ns: downtime,
-        }));
+        self.transfer(
+            role,
+            Direction::Save,
+            total,
+            nanos(t0.elapsed()),
+            chunk as u64,
+            downtime,
+        );
         self.role(to)?.resume_loaded = failure.is_none();
         let stopped = self.set_state(to, MigState::Stop.raw(), None, key)?.ok;
         self.set_state(role, MigState::Stop.raw(), None, key)?;
@@ -2287,17 +2279,6 @@ impl Exec<'_, '_> {
         self.role(role)?.state = g;
         Ok(())
     }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 fn mutation_text(m: &crate::scenario::Mutation) -> String {
