@@ -40,6 +40,7 @@ impl std::error::Error for Usage {}
 const USAGE_EXIT: i32 = 2;
 
 fn main() -> ExitCode {
+    drop_empty_env();
     let cli = Cli::parse();
     let code = match dispatch(cli) {
         Ok(code) => code,
@@ -49,6 +50,17 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Lab harnesses (LAVA test parameters, CI variables) export parameters
+/// left unset as empty variables: an empty `VFIO_MIGTEST_*` means unset,
+/// not an empty device spec or path.
+fn drop_empty_env() {
+    for (name, value) in std::env::vars_os() {
+        if value.is_empty() && name.to_string_lossy().starts_with("VFIO_MIGTEST_") {
+            std::env::remove_var(name);
+        }
+    }
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
