@@ -344,7 +344,7 @@ fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> Devi
         name: c.name.clone(),
     };
     // MUST failures first, then the other outcomes that fail the run, then
-    // SHOULD warnings.
+    // SHOULD warnings, then the known failures with their reasons.
     let mut problems = Vec::new();
     for (outcome, label) in [
         (Outcome::Fail, "MUST"),
@@ -352,6 +352,7 @@ fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> Devi
         (Outcome::Error, "error"),
         (Outcome::Xpass, "xpass"),
         (Outcome::Warn, "SHOULD"),
+        (Outcome::Xfail, "xfail"),
     ] {
         for c in device.cases.iter().filter(|c| c.outcome == outcome) {
             let message = match outcome {
@@ -731,6 +732,10 @@ mod tests {
         let must = problems.find(">MUST<").unwrap();
         let xpass = problems.find(">xpass<").unwrap();
         assert!(must < xpass);
+        // Known failures are listed last, with their reason.
+        let xfail = problems.find(">xfail<").unwrap();
+        assert!(xpass < xfail);
+        assert!(problems[xfail..].contains("mtty does not check the stream length"));
         let sim = page.find("<h3><a href=\"#cases-sim\"").unwrap();
         let timeout = page[sim..].find(">timeout<").unwrap();
         let should = page[sim..].find(">SHOULD<").unwrap();

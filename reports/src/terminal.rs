@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::ktap::exit_code;
-use crate::model::{CaseResult, Outcome, Requirement, RunResults};
+use crate::model::{CaseResult, CheckRecord, Outcome, Requirement, RunResults};
 use crate::summary::{first_failed_check, one_line, CheckStatus, OutcomeCounts};
 
 /// Indent of the detail lines under a case, past its outcome label.
@@ -57,6 +57,9 @@ pub fn terminal_summary(results: &RunResults) -> String {
     out
 }
 
+/// Checks shown in full under a case; the rest are counted.
+const SHOWN_CHECKS: usize = 3;
+
 fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement], strict: bool) {
     let label = match case.outcome {
         Outcome::Fail => "FAIL",
@@ -64,7 +67,8 @@ fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement],
         Outcome::Timeout => "TIMEOUT",
         Outcome::Error => "ERROR",
         Outcome::Xpass => "XPASS",
-        Outcome::Pass | Outcome::Ignored | Outcome::Xfail => return,
+        Outcome::Xfail => "XFAIL",
+        Outcome::Pass | Outcome::Ignored => return,
     };
     let reason = case
         .reason
@@ -72,36 +76,35 @@ fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement],
         .map(|r| format!(": {}", one_line(r)))
         .unwrap_or_default();
     let _ = writeln!(out, "  {label:<9} {}{reason}", case.name);
+    // A known failure is listed, not explained again.
+    if case.outcome == Outcome::Xfail {
+        return;
+    }
     if let Some(stuck) = &case.stuck_in {
         let _ = writeln!(out, "{DETAIL}stuck in: {}", one_line(stuck));
     }
-    let Some(check) = first_failed_check(case) else {
-        return;
+    let explaining = explaining_checks(case, strict);
+    let checks = if explaining.is_empty() {
+        first_failed_check(case).into_iter().collect()
+    } else {
+        explaining
     };
-    for id in &check.ids {
-        let summary = requirements
-            .iter()
-            .find(|r| &r.id == id)
-            .map(|r| format!(" {}", one_line(&r.summary)))
-            .unwrap_or_default();
-        let _ = writeln!(out, "{DETAIL}{id} ({}){summary}", check.strength.as_str());
+    for check in checks.iter().take(SHOWN_CHECKS) {
+        for id in &check.ids {
+            let summary = requirements
+                .iter()
+                .find(|r| &r.id == id)
+                .map(|r| format!(" {}", one_line(&r.summary)))
+                .unwrap_or_default();
+            let _ = writeln!(out, "{DETAIL}{id} ({}){summary}", check.strength.as_str());
+        }
+        let _ = writeln!(out, "{DETAIL}expected: {}", one_line(&check.expected));
+        let _ = writeln!(out, "{DETAIL}observed: {}", one_line(&check.observed));
+        if let Some(at) = &check.location {
+            let _ = writeln!(out, "{DETAIL}at: {at}");
+        }
     }
-    let _ = writeln!(out, "{DETAIL}expected: {}", one_line(&check.expected));
-    let _ = writeln!(out, "{DETAIL}observed: {}", one_line(&check.observed));
-    if let Some(at) = &check.location {
-        let _ = writeln!(out, "{DETAIL}at: {at}");
-    }
-    let more = case
-        .checks
-        .iter()
-        .filter(|c| {
-            matches!(
-                CheckStatus::of(c, strict),
-                CheckStatus::Fail | CheckStatus::Warn
-            )
-        })
-        .count()
-        .saturating_sub(1);
+    let more = checks.len().saturating_sub(SHOWN_CHECKS);
     if more > 0 {
         let _ = writeln!(
             out,
@@ -109,6 +112,19 @@ fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement],
             if more == 1 { "" } else { "s" }
         );
     }
+}
+
+/// The checks behind a case's outcome: failed ones, then warnings, then
+/// the ones that passed against expectations.
+fn explaining_checks(case: &CaseResult, strict: bool) -> Vec<&CheckRecord> {
+    [CheckStatus::Fail, CheckStatus::Warn, CheckStatus::Xpass]
+        .into_iter()
+        .flat_map(|want| {
+            case.checks
+                .iter()
+                .filter(move |c| CheckStatus::of(c, strict) == want)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -119,6 +135,25 @@ mod tests {
     #[test]
     fn terminal_snapshot() {
         insta::assert_snapshot!(terminal_summary(&fixture()));
+    }
+
+    #[test]
+    fn at_most_three_checks_are_explained() {
+        let mut results = fixture();
+        let case = results.devices[1]
+            .cases
+            .iter_mut()
+            .find(|c| c.outcome == Outcome::Fail)
+            .unwrap();
+        let failed = case.checks[0].clone();
+        for i in 0..3 {
+            let mut c = failed.clone();
+            c.name = format!("extra-{i}");
+            case.checks.push(c);
+        }
+        let text = terminal_summary(&results);
+        assert_eq!(text.matches("expected: ").count(), 6, "{text}");
+        assert!(text.contains("(and 2 more failed checks)\n"), "{text}");
     }
 
     #[test]

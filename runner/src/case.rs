@@ -13,6 +13,7 @@ use suite::device::DeviceDescription;
 use suite::exec::DeviceCaps;
 use suite::scenario::Scenario;
 
+use crate::progress::Progress;
 use crate::protocol::ChildLine;
 use crate::supervise::{ChildProc, KillPolicy, Next, Termination};
 
@@ -31,6 +32,8 @@ pub struct Harness {
     /// Time a case child gets past its deadline to report its own
     /// timeouts (the executor stops waiting at the deadline itself).
     pub grace: Duration,
+    /// The terminal's progress line (off unless stderr is a terminal).
+    pub progress: Progress,
 }
 
 /// The devices of one case, by spec.
@@ -257,6 +260,7 @@ pub fn run_case(
         }
     };
 
+    let mut shown = h.progress.case(&scenario.name);
     let mut phase = Phase::Case;
     let mut deadline = start + timeout + h.grace;
     let mut open_failed: Option<String> = None;
@@ -267,6 +271,7 @@ pub fn run_case(
         match child.next_line(deadline) {
             Ok(Next::Line(l)) => match ChildLine::parse(&l) {
                 Ok(ChildLine::Event(e)) => {
+                    shown.event(&e);
                     let finished = matches!(e, Event::CaseFinished { .. });
                     fold.apply(e);
                     if finished {

@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// With no subcommand, runs the suite (`run`); with no device, against the
 /// built-in simulator.
 #[derive(Debug, Parser)]
-#[command(name = "vfio-migtest", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "vfio-migtest",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = TOP_EXAMPLES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -19,9 +24,38 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  vfio-migtest                           run every case on the built-in simulator
+  vfio-migtest run --device 0000:3b:00.1 --destination 0000:3b:00.2
+  vfio-migtest list                      the cases, with what each checks
+  vfio-migtest report results.json --html report.html
+
+Exit status: 0 pass, 1 a case failed (or passed against its expectations),
+2 usage error, 4 nothing ran (no usable device). `vfio-migtest run --help`
+explains the devices, expectations and output.";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  vfio-migtest run                                   the simulator, every case
+  vfio-migtest run --device 0000:3b:00.1 --destination 0000:3b:00.2 \\
+      --incompatible 0000:5e:00.1                    a PCI variant driver
+  vfio-migtest run --device 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 \\
+      --expect expectations/mtty.yaml                an mdev, known failures listed
+  vfio-migtest run --device sim:fault=enomsg-in-stop-copy precopy
+                                                     one case on a faulty simulator
+  vfio-migtest run --format ktap --out /tmp/r > results.ktap
+                                                     KTAP on stdout (kselftest)
+  VFIO_MIGTEST_DEVICES=0000:3b:00.1 vfio-migtest run --list
+
+Results: results.json, results.ktap, junit.xml and report.html in --out.
+Exit status (kselftest): 0 pass, 1 fail, timeout, error or XPASS (a failure an
+--expect file lists did not happen), 4 nothing ran; XFAIL does not fail.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the scenarios on devices (the default).
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// List the scenarios: name, protocol, file and what each checks.
     List {
@@ -49,7 +83,13 @@ pub enum Command {
         /// Write `results.json` (useful to turn a journal into one).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Apply these expectations instead of the run's (repeatable).
+        #[arg(long = "expect", value_name = "FILE")]
+        expect: Vec<PathBuf>,
     },
+    /// Write the man pages or shell completions (for packagers).
+    #[command(name = "__generate", hide = true)]
+    Generate(GenerateArgs),
     #[command(name = "__probe", hide = true)]
     Probe(ProbeArgs),
     #[command(name = "__case", hide = true)]
@@ -100,6 +140,16 @@ pub struct RunArgs {
     /// SHOULD failures fail the case.
     #[arg(long)]
     pub strict: bool,
+    /// Known failures of the driver under test (YAML, see
+    /// expectations/README.md): a listed failure is XFAIL, a listed one
+    /// that no longer happens is XPASS. Repeatable.
+    #[arg(
+        long = "expect",
+        value_name = "FILE",
+        env = "VFIO_MIGTEST_EXPECT",
+        value_delimiter = ','
+    )]
+    pub expect: Vec<PathBuf>,
     /// Also run cases that can hang kernels without the
     /// vfio_mig_get_next_state() fix.
     #[arg(long)]
@@ -176,6 +226,25 @@ pub fn split_device_list(list: &str) -> Vec<String> {
         }
     }
     specs
+}
+
+/// What `__generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Artifact {
+    /// `vfio-migtest.1` and one page per subcommand.
+    Man,
+    /// bash, zsh and fish completion scripts.
+    Completions,
+}
+
+/// `__generate`: man pages or completions from this definition.
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    #[arg(value_enum)]
+    pub what: Artifact,
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// `__probe`: open one device, print its description and capabilities.

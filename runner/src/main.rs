@@ -6,8 +6,11 @@ mod case;
 mod cases;
 mod child;
 mod cli;
+mod expect;
+mod generate;
 mod kmsg;
 mod output;
+mod progress;
 mod protocol;
 mod render;
 mod run;
@@ -37,6 +40,7 @@ impl std::error::Error for Usage {}
 const USAGE_EXIT: i32 = 2;
 
 fn main() -> ExitCode {
+    drop_empty_env();
     let cli = Cli::parse();
     let code = match dispatch(cli) {
         Ok(code) => code,
@@ -46,6 +50,17 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Lab harnesses (LAVA test parameters, CI variables) export parameters
+/// left unset as empty variables: an empty `VFIO_MIGTEST_*` means unset,
+/// not an empty device spec or path.
+fn drop_empty_env() {
+    for (name, value) in std::env::vars_os() {
+        if value.is_empty() && name.to_string_lossy().starts_with("VFIO_MIGTEST_") {
+            std::env::remove_var(name);
+        }
+    }
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
@@ -60,6 +75,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             junit,
             ktap,
             json,
+            expect,
         }) => report(
             &results,
             &[
@@ -68,7 +84,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 ("ktap", ktap),
                 ("json", json),
             ],
+            &expect,
         ),
+        Some(Command::Generate(a)) => {
+            for path in generate::generate(a.what, &a.out)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(0)
+        }
         Some(Command::Probe(a)) => Ok(child::probe(&a)),
         Some(Command::Case(a)) => Ok(child::case(&a)),
         Some(Command::Restore(a)) => Ok(child::restore(&a)),
@@ -131,16 +154,24 @@ fn validate(paths: &[std::path::PathBuf]) -> Result<i32> {
     }
 }
 
-/// Renders reports from `results.json` or a `results.jsonl` journal.
-fn report(path: &Path, outputs: &[(&str, Option<std::path::PathBuf>)]) -> Result<i32> {
+/// Renders reports from `results.json` or a `results.jsonl` journal, with
+/// `expect` (if any) applied in place of the run's expectations.
+fn report(
+    path: &Path,
+    outputs: &[(&str, Option<std::path::PathBuf>)],
+    expect: &[std::path::PathBuf],
+) -> Result<i32> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
-    let results = if path.extension().is_some_and(|e| e == "jsonl") {
+    let mut results = if path.extension().is_some_and(|e| e == "jsonl") {
         output::read_journal(&text, &name)?
     } else {
         reports::read_json(&text).with_context(|| name.clone())?
     };
+    if !expect.is_empty() {
+        reapply(&mut results, expect)?;
+    }
     for (kind, target) in outputs {
         let Some(target) = target else { continue };
         let text = match *kind {
@@ -155,4 +186,39 @@ fn report(path: &Path, outputs: &[(&str, Option<std::path::PathBuf>)]) -> Result
     }
     print!("{}", reports::terminal_summary(&results));
     Ok(0)
+}
+
+/// Replaces the expectations a results file was made with. Case names are
+/// checked against the built-in catalogue and the cases in the file.
+fn reapply(results: &mut reports::RunResults, paths: &[std::path::PathBuf]) -> Result<()> {
+    let mut catalogue = cases::load(None)
+        .map(|c| expect::case_ids(&c))
+        .unwrap_or_default();
+    for case in results.devices.iter().flat_map(|d| &d.cases) {
+        catalogue
+            .entry(case.name.clone())
+            .or_default()
+            .extend(case.checks.iter().flat_map(|c| c.ids.iter().cloned()));
+    }
+    let expectations = expect::load(paths, &catalogue).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{}", e.detailed());
+        }
+        Usage(format!("{} invalid expectations file(s)", errors.len()))
+    })?;
+    let strict = results.meta.strict;
+    for device in &mut results.devices {
+        let cases = std::mem::take(&mut device.cases);
+        device.cases = cases
+            .into_iter()
+            .map(|c| expect::apply(&expectations, device, expect::clear(c, strict), strict))
+            .collect();
+    }
+    results
+        .meta
+        .notes
+        .retain(|n| !n.starts_with(expect::NOTE_PREFIX));
+    let notes = expect::notes(&expectations, &results.devices);
+    results.meta.notes.extend(notes);
+    Ok(())
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use libtest_mimic::{Completion, Failed, Trial};
-use reports::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults, Strength, Verdict};
+use reports::summary::CheckStatus;
+use reports::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults, Verdict};
 use serde::Deserialize;
 use suite::device::sim::SimConfig;
 use suite::device::{DeviceDescription, DeviceSpec};
@@ -24,8 +25,10 @@ use suite::exec::{self, DeviceCaps, RunSettings};
 use crate::case::{self, CaseSpecs, Harness, ProbeFailure};
 use crate::cases::{self, Case};
 use crate::cli::{split_device_list, Format, RunArgs};
+use crate::expect::{self, Expectations};
 use crate::kmsg::{self, KmsgWatch};
 use crate::output::{self, Journal, JournalLine};
+use crate::progress::Progress;
 use crate::supervise::KillPolicy;
 use crate::{render, signals, Usage};
 
@@ -188,6 +191,9 @@ struct Ctx {
     journal_failed: AtomicBool,
     /// Whether /dev/kmsg can be watched, else why not.
     kmsg: Result<(), String>,
+    expectations: Expectations,
+    /// The devices as probed, which expectations files match against.
+    devices: Vec<DeviceResults>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -274,8 +280,15 @@ impl Ctx {
         r
     }
 
-    /// Journals and keeps a case result; tells libtest-mimic how it went.
+    /// Applies the expectations, journals and keeps a case result; tells
+    /// libtest-mimic how it went.
     fn finish(&self, i: usize, result: CaseResult) -> Result<Completion, Failed> {
+        let result = expect::apply(
+            &self.expectations,
+            &self.devices[self.plans[i].device],
+            result,
+            self.harness.strict,
+        );
         let device = self.device_specs[self.plans[i].device].clone();
         let line = JournalLine::Case {
             device,
@@ -302,18 +315,23 @@ fn interrupted() -> Option<String> {
     signals::received().map(|s| format!("interrupted ({s}) before the case started"))
 }
 
-/// The outcome, why, and the first failed checks, for the terminal.
+/// The outcome, why, and the first checks that explain it (failed ones,
+/// or for XPASS the ones that passed against expectations), each with the
+/// rule it cites, for libtest-mimic's failure list.
 fn failure_text(r: &CaseResult, strict: bool) -> String {
     let mut out = r.outcome.as_str().to_uppercase();
     if let Some(reason) = &r.reason {
         out.push_str(": ");
         out.push_str(reason);
     }
-    let failed = r.checks.iter().filter(|c| {
-        c.verdict == Verdict::Fail
-            && (c.strength == Strength::Must || (strict && c.strength == Strength::Should))
-    });
-    for c in failed.take(3) {
+    let explains = |c: &&reports::CheckRecord| {
+        matches!(
+            CheckStatus::of(c, strict),
+            CheckStatus::Fail | CheckStatus::Xpass
+        )
+    };
+    let shown: Vec<_> = r.checks.iter().filter(explains).collect();
+    for c in shown.iter().take(3) {
         let at = c
             .location
             .as_ref()
@@ -326,6 +344,18 @@ fn failure_text(r: &CaseResult, strict: bool) -> String {
             c.expected,
             c.observed
         ));
+        for id in &c.ids {
+            if let Some(req) = suite::requirements::find(id) {
+                out.push_str(&format!(
+                    "\n    {id} ({}): {}",
+                    req.strength.as_str(),
+                    req.summary
+                ));
+            }
+        }
+    }
+    if shown.len() > 3 {
+        out.push_str(&format!("\n  ... and {} more", shown.len() - 3));
     }
     out
 }
@@ -399,6 +429,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             }
             bail!(Usage(format!("{} invalid scenario file(s)", errors.len())));
         }
+    };
+    let expectations = if args.expect.is_empty() {
+        Expectations::default()
+    } else {
+        expect::load(&args.expect, &expect::case_ids(&cases)).map_err(|errors| {
+            for e in &errors {
+                eprintln!("{}", e.detailed());
+            }
+            Usage(format!("{} invalid expectations file(s)", errors.len()))
+        })?
     };
     let profile = match &args.profile {
         Some(p) => load_profile(p)?,
@@ -488,6 +528,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         kill: KillPolicy::default(),
         device_timeout: DEVICE_TIMEOUT,
         grace: CASE_GRACE,
+        progress: Progress::for_terminal(),
     };
 
     // Probe every device once, in a child, before any case.
@@ -526,6 +567,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .collect();
     for d in &devices {
         let _ = journal.append(&JournalLine::Device(d.clone()));
+    }
+    for note in expect::notes(&expectations, &devices) {
+        eprintln!("note: {note}");
+        meta.notes.push(note);
     }
 
     let mut plans = Vec::new();
@@ -587,6 +632,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         journal,
         journal_failed: AtomicBool::new(false),
         kmsg,
+        expectations,
+        devices: devices.clone(),
     });
     let trials: Vec<Trial> = (0..ctx.plans.len())
         .map(|i| {
@@ -596,8 +643,26 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         })
         .collect();
     let trials_selected: Vec<bool> = trials.iter().map(|t| !targs.is_filtered_out(t)).collect();
+    let progress = &ctx.harness.progress;
+    progress.set_total(
+        ctx.plans
+            .iter()
+            .zip(&trials_selected)
+            .filter(|(p, &selected)| selected && will_run(p, args))
+            .count(),
+    );
+    let mut targs = targs;
+    let capture = progress.capture_stdout().context("cannot route stdout")?;
+    if capture.is_some() && std::env::var_os("NO_COLOR").is_none() {
+        // libtest-mimic now writes into a pipe; the terminal is still there.
+        targs.color = Some(libtest_mimic::ColorSetting::Always);
+    }
     // The exit code comes from the results, which know more outcomes.
     let _conclusion = libtest_mimic::run(&targs, trials);
+    if let Some(capture) = capture {
+        capture.finish().context("cannot restore stdout")?;
+    }
+    progress.clear();
 
     let signal = signals::received();
     let mut stored = std::mem::take(&mut *lock(&ctx.results));
@@ -671,6 +736,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         Some(s) => signals::exit_code(s),
         None => reports::exit_code(&results),
     })
+}
+
+/// Whether a selected trial will run a case (for the progress count).
+fn will_run(plan: &Plan, args: &RunArgs) -> bool {
+    let dangerous_ok = if args.ignored {
+        plan.dangerous
+    } else {
+        !plan.dangerous || args.dangerous_allowed()
+    };
+    plan.ignore.is_none() && plan.error.is_none() && dangerous_ok
 }
 
 /// Decides, before the run, whether a trial can run.
@@ -811,6 +886,28 @@ mod tests {
         let text = failure_text(&r, false);
         assert!(
             text.starts_with("FAIL\n  kernel-log [KERNEL-01]: expected"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n    KERNEL-01 (MUST): no kernel log line of class WARNING"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failure_text_of_an_xpass_names_the_passing_check() {
+        let mut r = CaseResult::new("dma-logging", "v2/dma-logging.yaml", "v2");
+        r.outcome = Outcome::Xpass;
+        r.reason = Some("mtty.yaml:3:5: mtty_log_start() returns 0".into());
+        let mut fixed = kmsg::verdict(&[]).0;
+        fixed.name = "s8-result".into();
+        fixed.known_failure = Some("mtty_log_start() returns 0".into());
+        r.checks.push(fixed);
+        let text = failure_text(&r, false);
+        assert!(
+            text.starts_with(
+                "XPASS: mtty.yaml:3:5: mtty_log_start() returns 0\n  s8-result [KERNEL-01]"
+            ),
             "{text}"
         );
     }

@@ -1,9 +1,11 @@
 //! Project automation, run as `cargo xtask <command>`.
 
 mod cmd;
+mod docs;
 mod vm;
 
 use std::env;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,6 +13,14 @@ use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "\
 usage: cargo xtask vm [--out DIR] [--timeout SECS] [--keep] [-- SUITE-ARGS...]
+       cargo xtask man [--out DIR]
+       cargo xtask completions [--out DIR]
+
+man writes vfio-migtest.1 and a page per subcommand (default: target/man);
+completions writes bash, zsh and fish completions (default:
+target/completions). Both come from the runner's command-line definition.
+
+vm:
 
 Runs vfio-migtest against real kernel drivers: builds the kernel's mtty
 sample driver for a Debian 6.12 kernel, boots that kernel in QEMU with three
@@ -31,6 +41,10 @@ fn main() -> Result<ExitCode> {
     match args.next().as_deref() {
         Some("vm") => match parse_vm_options(args)? {
             Some(options) => vm::run(options)?,
+            None => println!("{USAGE}"),
+        },
+        Some(what @ ("man" | "completions")) => match parse_out(args)? {
+            Some(out) => docs::generate(what, out)?,
             None => println!("{USAGE}"),
         },
         Some("-h" | "--help") => println!("{USAGE}"),
@@ -68,6 +82,35 @@ fn parse_vm_options(mut args: impl Iterator<Item = String>) -> Result<Option<vm:
         }
     }
     Ok(Some(options))
+}
+
+/// The `--out` of `man` and `completions`, or `None` if help was asked for.
+fn parse_out(mut args: impl Iterator<Item = String>) -> Result<Option<Option<PathBuf>>> {
+    let mut out = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = Some(value_of("--out", &mut args)?.into()),
+            "-h" | "--help" => return Ok(None),
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The workspace's top directory.
+fn workspace() -> Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask is not inside a workspace")?
+        .to_path_buf())
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `target/`.
+fn target_dir() -> Result<PathBuf> {
+    Ok(match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::path::absolute(dir)?,
+        None => workspace()?.join("target"),
+    })
 }
 
 fn value_of(option: &str, args: &mut impl Iterator<Item = String>) -> Result<String> {

@@ -549,10 +549,17 @@ impl LoadError {
 /// Loads and validates one scenario from text; `file` names it in errors
 /// and reports.
 pub fn load_str(text: &str, file: &str) -> Result<Scenario, LoadError> {
+    let raw: raw::RawScenario = parse_yaml(text, file)?;
+    validate::scenario(raw, file)
+}
+
+/// Parses the text of a small YAML file of the suite (a scenario, an
+/// expectations file) into `T`, with `file:line:column` errors. Files over
+/// [`MAX_FILE_SIZE`], alias bombs and deep nesting are refused.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, LoadError> {
     if text.len() > MAX_FILE_SIZE {
         return Err(too_large(file, text.len() as u64));
     }
-    // Scenario files are small; these caps stop alias bombs and deep nesting.
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_depth: 64,
@@ -561,21 +568,19 @@ pub fn load_str(text: &str, file: &str) -> Result<Scenario, LoadError> {
             max_documents: 1,
         },
     };
-    let raw: raw::RawScenario =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            LoadError {
-                file: file.to_string(),
-                line,
-                column,
-                message: first_message(&e.to_string()),
-                snippet: snippet_of(&e.to_string()),
-            }
-        })?;
-    validate::scenario(raw, file)
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        LoadError {
+            file: file.to_string(),
+            line,
+            column,
+            message: first_message(&e.to_string()),
+            snippet: snippet_of(&e.to_string()),
+        }
+    })
 }
 
 /// Scenario files larger than this are refused before parsing.
@@ -589,7 +594,7 @@ pub fn load_file(path: &Path, display: &str) -> Result<Scenario, LoadError> {
 fn too_large(file: &str, size: u64) -> LoadError {
     LoadError::whole_file(
         file,
-        format!("file is {size} bytes; scenario files are limited to {MAX_FILE_SIZE}"),
+        format!("file is {size} bytes; the suite's YAML files are limited to {MAX_FILE_SIZE}"),
     )
 }
 

@@ -46,14 +46,8 @@ struct Layout {
 
 impl Layout {
     fn new() -> Result<Self> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("xtask is not inside a workspace")?
-            .to_path_buf();
-        let target = match env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => std::path::absolute(dir)?,
-            None => workspace.join("target"),
-        };
+        let workspace = crate::workspace()?;
+        let target = crate::target_dir()?;
         Ok(Self {
             cache: target.join("vm/cache"),
             work: target.join("vm/work"),
