@@ -97,8 +97,11 @@ impl StreamBuf {
             let na = read_full(&mut ra, &mut ba)?;
             let nb = read_full(&mut rb, &mut bb)?;
             let n = na.min(nb);
-            if let Some(i) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y) {
-                return Ok(Some(offset + i as u64));
+            // Equal blocks (the common case) are compared as slices, which
+            // is a memcmp; only a differing block is searched byte by byte.
+            if ba[..n] != bb[..n] {
+                let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y);
+                return Ok(Some(offset + i.unwrap_or(n) as u64));
             }
             offset += n as u64;
             if na != nb || n == 0 {

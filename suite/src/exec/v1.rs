@@ -694,11 +694,11 @@ impl Exec<'_, '_> {
             if got == 0 {
                 return Err(Errno::EIO);
             }
-            let temp = self.opts.temp_dir.clone();
+            let temp = &self.opts.temp_dir;
             self.buffers
                 .get_mut(into)
                 .expect("created by caller")
-                .append(&self.buf[..got], &temp)
+                .append(&self.buf[..got], temp)
                 .map_err(|_| Errno::EIO)?;
             done += got as u64;
         }

@@ -374,33 +374,27 @@ impl Exec<'_, '_> {
                 ),
             ),
             None => {
-                let (id, pass, expected) = match &model {
-                    Expectation::NoOp => (
-                        "V2-FSM-06",
-                        r.result.is_ok(),
-                        "success (already there)".to_string(),
-                    ),
-                    Expectation::Moves { path, .. } => (
-                        "V2-FSM-07",
-                        r.result.is_ok(),
-                        format!(
+                let (id, pass) = match &model {
+                    Expectation::NoOp => ("V2-FSM-06", r.result.is_ok()),
+                    Expectation::Moves { .. } => ("V2-FSM-07", r.result.is_ok()),
+                    Expectation::Refused(why) => {
+                        (why.requirement(), r.result == Err(Errno::EINVAL))
+                    }
+                };
+                self.check_lazy(key, "result", pass, || {
+                    let expected = match &model {
+                        Expectation::NoOp => "success (already there)".to_string(),
+                        Expectation::Moves { path, .. } => format!(
                             "success via {}",
                             path.iter()
                                 .map(|s| s.name())
                                 .collect::<Vec<_>>()
                                 .join(" -> ")
                         ),
-                    ),
-                    Expectation::Refused(why) => (
-                        why.requirement(),
-                        r.result == Err(Errno::EINVAL),
-                        "EINVAL".to_string(),
-                    ),
-                };
-                self.check(
-                    key,
-                    Check::builtin("result", id, pass, expected, ret_text(&got)),
-                );
+                        Expectation::Refused(_) => "EINVAL".to_string(),
+                    };
+                    Check::builtin("result", id, pass, expected, ret_text(&got))
+                });
             }
         }
 
@@ -417,16 +411,18 @@ impl Exec<'_, '_> {
             };
             if let Some((new, id)) = want_new {
                 let pass = if new { r.data_fd >= 0 } else { r.data_fd == -1 };
-                let expected = if new {
-                    "a new data_fd (>= 0)".to_string()
-                } else {
-                    "data_fd = -1".to_string()
-                };
-                let observed = format!("data_fd = {}", r.data_fd);
-                match id {
-                    Some(id) => {
-                        self.check(key, Check::builtin("data-fd", id, pass, expected, observed))
+                let expected = || {
+                    if new {
+                        "a new data_fd (>= 0)".to_string()
+                    } else {
+                        "data_fd = -1".to_string()
                     }
+                };
+                let observed = || format!("data_fd = {}", r.data_fd);
+                match id {
+                    Some(id) => self.check_lazy(key, "data-fd", pass, || {
+                        Check::builtin("data-fd", id, pass, expected(), observed())
+                    }),
                     None => {
                         let e = expect.expect("explicit data_fd");
                         self.check(
@@ -436,8 +432,8 @@ impl Exec<'_, '_> {
                                 ids: e.ids.clone(),
                                 strength: e.strength,
                                 pass,
-                                expected,
-                                observed,
+                                expected: expected(),
+                                observed: observed(),
                             },
                         );
                     }
@@ -450,8 +446,10 @@ impl Exec<'_, '_> {
             };
             if let Some((want, e)) = want_state {
                 let pass = g_state == Ok(want);
-                let observed = g_state
-                    .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name);
+                let observed = || {
+                    g_state
+                        .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name)
+                };
                 match e {
                     Some(e) => self.check(
                         key,
@@ -461,30 +459,29 @@ impl Exec<'_, '_> {
                             strength: e.strength,
                             pass,
                             expected: state_name(want),
-                            observed,
+                            observed: observed(),
                         },
                     ),
-                    None => self.check(
-                        key,
+                    None => self.check_lazy(key, "state", pass, || {
                         Check::builtin(
                             "state",
                             "V2-FSM-03",
                             pass,
                             format!("GET right after SET reports {}", state_name(want)),
-                            observed,
-                        ),
-                    ),
+                            observed(),
+                        )
+                    }),
                 }
             }
         } else {
             // A failed SET copies back the requested state (V2-FSM-10) and
             // leaves the device at the start, on the path, or in ERROR.
-            self.check(
-                key,
+            let pass = r.device_state == target && r.data_fd == -1;
+            self.check_lazy(key, "copied-back", pass, || {
                 Check::builtin(
                     "copied-back",
                     "V2-FSM-10",
-                    r.device_state == target && r.data_fd == -1,
+                    pass,
                     format!(
                         "device_state = {} and data_fd = -1 in the returned struct",
                         state_name(target)
@@ -494,8 +491,8 @@ impl Exec<'_, '_> {
                         state_name(r.device_state),
                         r.data_fd
                     ),
-                ),
-            );
+                )
+            });
             let (allowed, id): (Vec<MigState>, &str) = match &model {
                 _ if incomplete => (vec![MigState::Resuming, MigState::Error], "V2-RESUME-03"),
                 Expectation::Refused(why) => (vec![cur], why.requirement()),
@@ -507,8 +504,7 @@ impl Exec<'_, '_> {
                 Expectation::NoOp => (vec![cur, MigState::Error], "V2-FSM-10"),
             };
             let pass = g_state.is_ok_and(|s| allowed.iter().any(|a| a.raw() == s));
-            self.check(
-                key,
+            self.check_lazy(key, "state-after-failure", pass, || {
                 Check::builtin(
                     "state-after-failure",
                     id,
@@ -523,8 +519,8 @@ impl Exec<'_, '_> {
                     ),
                     g_state
                         .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name),
-                ),
-            );
+                )
+            });
         }
         self.after_set(role, cur, &model, &r, after, t0)?;
         Ok(SetOutcome {
@@ -1159,12 +1155,12 @@ impl Exec<'_, '_> {
                         s.precopy_read += n as u64;
                     }
                     if let Some(name) = into {
-                        let temp = self.opts.temp_dir.clone();
+                        let temp = &self.opts.temp_dir;
                         if let Err(e) = self
                             .buffers
                             .get_mut(name)
                             .expect("created above")
-                            .append(&self.buf[..n], &temp)
+                            .append(&self.buf[..n], temp)
                         {
                             return Err(Abort::Harness(format!("cannot keep the stream: {e}")));
                         }

@@ -129,20 +129,32 @@ fn page_key(seed: u64, index: u64, generation: u64) -> u64 {
     mix64(seed ^ mix64(index.wrapping_mul(GOLDEN) ^ generation.rotate_left(32)))
 }
 
-/// Writes the content of page (seed, index, generation) into `out`, eight
-/// bytes at a time.
+/// The content of page (seed, index, generation), eight bytes at a time
+/// (a short last word is cut).
+fn page_words(seed: u64, index: u64, generation: u64) -> impl Iterator<Item = [u8; 8]> {
+    let key = page_key(seed, index, generation);
+    (1u64..).map(move |i| mix64(key.wrapping_add(GOLDEN.wrapping_mul(i))).to_le_bytes())
+}
+
+/// Writes the content of page (seed, index, generation) into `out`.
 fn fill_page(seed: u64, index: u64, generation: u64, out: &mut [u8]) {
-    let mut x = page_key(seed, index, generation);
-    let mut words = out.chunks_exact_mut(8);
-    for word in &mut words {
-        x = x.wrapping_add(GOLDEN);
-        word.copy_from_slice(&mix64(x).to_le_bytes());
+    for (chunk, word) in out.chunks_mut(8).zip(page_words(seed, index, generation)) {
+        chunk.copy_from_slice(&word[..chunk.len()]);
     }
-    let tail = words.into_remainder();
-    if !tail.is_empty() {
-        x = x.wrapping_add(GOLDEN);
-        tail.copy_from_slice(&mix64(x).to_le_bytes()[..tail.len()]);
+}
+
+/// Whether `bytes` is the content of page (seed, index, generation),
+/// compared as it is generated (no copy of the page is made).
+fn page_matches(seed: u64, index: u64, generation: u64, bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut expected = page_words(seed, index, generation);
+    let mut diff = 0u64;
+    for (chunk, word) in (&mut words).zip(&mut expected) {
+        let got = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        diff |= got ^ u64::from_le_bytes(word);
     }
+    let tail = words.remainder();
+    diff == 0 && expected.next().is_some_and(|w| w[..tail.len()] == *tail)
 }
 
 /// A streaming 64-bit checksum in four independent lanes (fast enough for
@@ -673,9 +685,9 @@ pub struct Loader {
     own: Header,
     checks: Checks,
     stage: Stage,
+    /// A header, record header or page split across writes, gathered.
     buf: Vec<u8>,
     filled: usize,
-    scratch: Vec<u8>,
     hasher: Hasher,
     records: u64,
     seed: u64,
@@ -696,7 +708,6 @@ impl Loader {
             stage: Stage::Header,
             buf: vec![0; page.max(HEADER_LEN)],
             filled: 0,
-            scratch: vec![0; page],
             hasher: Hasher::default(),
             records: 0,
             received: Bitmap::new(pages),
@@ -720,20 +731,31 @@ impl Loader {
             }
             let want = self.stage_len();
             let n = (want - self.filled).min(data.len() - used);
-            let at = if self.checks.honour_offset || used > 0 {
-                self.filled
+            let result = if self.filled == 0 && n == want {
+                // The whole unit is in `data`: check it where it is.
+                used += n;
+                self.complete(&data[used - n..used])
             } else {
-                0
-            };
-            self.buf[at..at + n].copy_from_slice(&data[used..used + n]);
-            self.filled += n;
-            used += n;
-            if self.filled == want {
-                self.filled = 0;
-                if let Err(e) = self.complete() {
-                    self.stage = Stage::Failed;
-                    return Err(e);
+                let at = if self.checks.honour_offset || used > 0 {
+                    self.filled
+                } else {
+                    0
+                };
+                self.buf[at..at + n].copy_from_slice(&data[used..used + n]);
+                self.filled += n;
+                used += n;
+                if self.filled < want {
+                    continue;
                 }
+                self.filled = 0;
+                let buf = std::mem::take(&mut self.buf);
+                let result = self.complete(&buf[..want]);
+                self.buf = buf;
+                result
+            };
+            if let Err(e) = result {
+                self.stage = Stage::Failed;
+                return Err(e);
             }
         }
         Ok(used)
@@ -748,11 +770,12 @@ impl Loader {
         }
     }
 
-    fn complete(&mut self) -> Result<(), Errno> {
+    /// Takes in one whole unit of the current stage.
+    fn complete(&mut self, unit: &[u8]) -> Result<(), Errno> {
         let geometry = self.own.geometry;
         match self.stage {
             Stage::Header => {
-                let header = &self.buf[..HEADER_LEN];
+                let header = unit;
                 self.hasher.update(header);
                 if self.checks.header {
                     self.seed = self.own.accept(header, self.checks.device_type)?;
@@ -760,7 +783,7 @@ impl Loader {
                 self.stage = Stage::Record;
             }
             Stage::Record => {
-                let record = &self.buf[..RECORD_HEADER_LEN];
+                let record = unit;
                 match get_u32(record, 0) {
                     TAG_PAGE => {
                         let index = get_u64(record, 8);
@@ -791,12 +814,10 @@ impl Loader {
                 }
             }
             Stage::Payload { index, generation } => {
-                let len = geometry.page_len(index) as usize;
-                fill_page(self.seed, index, generation, &mut self.scratch[..len]);
-                if self.scratch[..len] != self.buf[..len] {
+                if !page_matches(self.seed, index, generation, unit) {
                     return Err(Errno::EINVAL);
                 }
-                self.hasher.update(&self.buf[..len]);
+                self.hasher.update(unit);
                 self.records += 1;
                 if !self.received.get(index) {
                     self.received.set(index);
