@@ -1,1 +1,158 @@
-fn main() {}
+//! `vfio-migtest`: the command-line runner of the VFIO migration
+//! conformance suite.
+#![forbid(unsafe_code)]
+
+mod case;
+mod cases;
+mod child;
+mod cli;
+mod kmsg;
+mod output;
+mod protocol;
+mod render;
+mod run;
+mod signals;
+mod supervise;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// A usage error or invalid input: exit status 2, nothing was run.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+const USAGE_EXIT: i32 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            USAGE_EXIT
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        None => run::run(&cli.run),
+        Some(Command::Run(args)) => run::run(&args),
+        Some(Command::List { cases }) => list(cases.as_deref()),
+        Some(Command::Validate { paths }) => validate(&paths),
+        Some(Command::Report {
+            results,
+            html,
+            junit,
+            ktap,
+            json,
+        }) => report(
+            &results,
+            &[
+                ("html", html),
+                ("junit", junit),
+                ("ktap", ktap),
+                ("json", json),
+            ],
+        ),
+        Some(Command::Probe(a)) => Ok(child::probe(&a)),
+        Some(Command::Case(a)) => Ok(child::case(&a)),
+        Some(Command::Restore(a)) => Ok(child::restore(&a)),
+    }
+}
+
+fn load_or_report(dir: Option<&Path>) -> Result<Vec<cases::Case>> {
+    cases::load(dir).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{}", e.detailed());
+        }
+        Usage(format!("{} invalid scenario file(s)", errors.len())).into()
+    })
+}
+
+fn list(dir: Option<&Path>) -> Result<i32> {
+    let cases = load_or_report(dir)?;
+    let width = cases
+        .iter()
+        .map(|c| c.scenario.name.len())
+        .max()
+        .unwrap_or(0);
+    let fwidth = cases
+        .iter()
+        .map(|c| c.scenario.file.len())
+        .max()
+        .unwrap_or(0);
+    for c in &cases {
+        let s = &c.scenario;
+        let mut tags = vec![s.protocol.as_str().to_string()];
+        if s.requires.destination {
+            tags.push("2 devices".into());
+        }
+        if s.dangerous {
+            tags.push("dangerous".into());
+        }
+        println!(
+            "{:width$}  {:fwidth$}  [{}] {}",
+            s.name,
+            s.file,
+            tags.join(", "),
+            s.about
+        );
+    }
+    Ok(0)
+}
+
+fn validate(paths: &[std::path::PathBuf]) -> Result<i32> {
+    match cases::validate(paths) {
+        Ok((files, cases)) => {
+            println!("ok: {cases} case(s) in {files} file(s)");
+            Ok(0)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}", e.detailed());
+            }
+            Err(Usage(format!("{} invalid scenario file(s)", errors.len())).into())
+        }
+    }
+}
+
+/// Renders reports from `results.json` or a `results.jsonl` journal.
+fn report(path: &Path, outputs: &[(&str, Option<std::path::PathBuf>)]) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.display().to_string();
+    let results = if path.extension().is_some_and(|e| e == "jsonl") {
+        output::read_journal(&text, &name)?
+    } else {
+        reports::read_json(&text).with_context(|| name.clone())?
+    };
+    for (kind, target) in outputs {
+        let Some(target) = target else { continue };
+        let text = match *kind {
+            "html" => reports::html(&results),
+            "junit" => reports::junit(&results),
+            "ktap" => reports::ktap(&results),
+            _ => reports::write_json(&results),
+        };
+        output::write_atomic(target, text.as_bytes())
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        println!("wrote {}", target.display());
+    }
+    print!("{}", reports::terminal_summary(&results));
+    Ok(0)
+}

@@ -2,6 +2,7 @@
 //! itself, the reference model, devices (real and simulated), scenarios and
 //! their execution.
 
+pub mod catalogue;
 pub mod device;
 pub mod exec;
 pub mod model;

@@ -538,6 +538,7 @@ impl<'de> Deserialize<'de> for RawStep {
                 let mut expect = None;
                 let mut on = None;
                 let mut label = None;
+                let mut first_name = String::new();
                 while let Some(key) = map.next_key::<S<String>>()? {
                     let name = key.value.as_str();
                     match name {
@@ -548,10 +549,13 @@ impl<'de> Deserialize<'de> for RawStep {
                             if let Some(first) = &op {
                                 let _: IgnoredAny = map.next_value()?;
                                 return Err(de::Error::custom(format!(
-                                    "a step has exactly one operation; `{name}` follows another one (line {})",
+                                    "a step has exactly one operation; `{name}` (line {}) follows `{}` (line {})",
+                                    key.referenced.line(),
+                                    first_name,
                                     first.referenced.line()
                                 )));
                             }
+                            first_name = name.to_string();
                             let parsed = parse_op(name, &mut map)?;
                             op = Some(S {
                                 value: parsed,

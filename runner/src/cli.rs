@@ -1,0 +1,318 @@
+//! The command line.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Conformance tests for Linux VFIO live-migration drivers.
+///
+/// With no subcommand, runs the suite (`run`); with no device, against the
+/// built-in simulator.
+#[derive(Debug, Parser)]
+#[command(name = "vfio-migtest", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scenarios on devices (the default).
+    Run(RunArgs),
+    /// List the scenarios: name, protocol, file and what each checks.
+    List {
+        /// Scenario directory instead of the built-in catalogue.
+        #[arg(long, value_name = "DIR", env = "VFIO_MIGTEST_CASES")]
+        cases: Option<PathBuf>,
+    },
+    /// Check scenario files without touching a device.
+    Validate {
+        /// Files or directories (default: the built-in catalogue).
+        #[arg(value_name = "DIR|FILE")]
+        paths: Vec<PathBuf>,
+    },
+    /// Render reports again from a run's results.
+    Report {
+        /// `results.json`, or the `results.jsonl` journal of a run that was killed.
+        #[arg(value_name = "RESULTS")]
+        results: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        ktap: Option<PathBuf>,
+        /// Write `results.json` (useful to turn a journal into one).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    #[command(name = "__probe", hide = true)]
+    Probe(ProbeArgs),
+    #[command(name = "__case", hide = true)]
+    Case(CaseArgs),
+    #[command(name = "__restore", hide = true)]
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Pretty,
+    Terse,
+    Json,
+    /// KTAP version 1 on stdout, rendered at the end; progress goes to stderr.
+    Ktap,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Device under test: PCI address (0000:3b:00.1), mdev UUID,
+    /// /dev/vfio/devices/vfioN, `sim` or `sim:OPTIONS`. Repeatable.
+    /// [env: VFIO_MIGTEST_DEVICES, comma-separated] [default: sim]
+    #[arg(long = "device", value_name = "SPEC")]
+    pub devices: Vec<String>,
+    /// A second device of the same type to resume into (default for the
+    /// simulator: another simulator with the same options).
+    #[arg(long, value_name = "SPEC", env = "VFIO_MIGTEST_DESTINATION")]
+    pub destination: Option<String>,
+    /// A device of another type, whose streams must be refused (default for
+    /// the simulator: a simulator of another type).
+    #[arg(long, value_name = "SPEC", env = "VFIO_MIGTEST_INCOMPATIBLE")]
+    pub incompatible: Option<String>,
+    /// Scenario directory instead of the built-in catalogue.
+    #[arg(long, value_name = "DIR", env = "VFIO_MIGTEST_CASES")]
+    pub cases: Option<PathBuf>,
+    /// Where results.json, results.jsonl, results.ktap, junit.xml and
+    /// report.html go (created if missing).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "VFIO_MIGTEST_OUT",
+        default_value = "vfio-migtest-results"
+    )]
+    pub out: PathBuf,
+    /// Progress output on the terminal.
+    #[arg(long, value_enum, default_value_t = Format::Pretty)]
+    pub format: Format,
+    /// SHOULD failures fail the case.
+    #[arg(long)]
+    pub strict: bool,
+    /// Also run cases that can hang kernels without the
+    /// vfio_mig_get_next_state() fix.
+    #[arg(long)]
+    pub include_dangerous: bool,
+    /// Deadline of a case whose file sets none.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+    /// Seed of every random choice (default: random, printed and recorded).
+    #[arg(long, value_name = "N", env = "VFIO_MIGTEST_SEED")]
+    pub seed: Option<u64>,
+    /// Device profile (YAML: `deterministic_stream: bool`) for real devices.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// Data-fd read/write buffer size.
+    #[arg(long, value_name = "SIZE", value_parser = parse_buffer_size, default_value = "1MiB")]
+    pub buffer_size: usize,
+    /// Run only cases whose trial name contains FILTER.
+    #[arg(value_name = "FILTER")]
+    pub filter: Option<String>,
+    /// FILTER and --skip match whole trial names.
+    #[arg(long)]
+    pub exact: bool,
+    /// Skip cases whose trial name contains this (repeatable).
+    #[arg(long, value_name = "FILTER")]
+    pub skip: Vec<String>,
+    /// List the trials and exit, touching no device.
+    #[arg(long)]
+    pub list: bool,
+    /// Run only the dangerous cases (they are the ignored trials).
+    #[arg(long)]
+    pub ignored: bool,
+    /// Run the dangerous cases too (same as --include-dangerous).
+    #[arg(long)]
+    pub include_ignored: bool,
+    /// Cases run at once (default: the number of CPUs for simulator-only
+    /// runs, 1 with a real device; a device never runs two cases at once).
+    #[arg(long, value_name = "N")]
+    pub test_threads: Option<NonZeroUsize>,
+    /// One character per case.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Whether dangerous cases may run.
+    pub fn dangerous_allowed(&self) -> bool {
+        self.include_dangerous || self.ignored || self.include_ignored
+    }
+}
+
+fn parse_buffer_size(text: &str) -> Result<usize, String> {
+    let n = suite::scenario::parse_size(text)?;
+    if !(4096..=1 << 30).contains(&n) {
+        return Err(format!("{text}: the buffer must be 4KiB to 1GiB"));
+    }
+    usize::try_from(n).map_err(|_| format!("{text}: too large"))
+}
+
+/// Splits `VFIO_MIGTEST_DEVICES`. Simulator specs carry comma-separated
+/// options (`sim:v1,fault=x`), so a piece that does not start a spec
+/// continues the one before it.
+pub fn split_device_list(list: &str) -> Vec<String> {
+    let mut specs: Vec<String> = Vec::new();
+    for piece in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let starts_spec = piece == "sim"
+            || piece.starts_with("sim:")
+            || suite::device::DeviceSpec::parse(piece).is_ok_and(|s| !s.is_sim());
+        match specs.last_mut() {
+            Some(last) if !starts_spec && last.starts_with("sim") => {
+                last.push(if last == "sim" { ':' } else { ',' });
+                last.push_str(piece);
+            }
+            _ => specs.push(piece.to_string()),
+        }
+    }
+    specs
+}
+
+/// `__probe`: open one device, print its description and capabilities.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    #[arg(long)]
+    pub device: String,
+}
+
+/// `__case`: run one scenario (its text on stdin), streaming events.
+#[derive(Debug, Clone, Args)]
+pub struct CaseArgs {
+    #[arg(long)]
+    pub device: String,
+    #[arg(long)]
+    pub destination: Option<String>,
+    #[arg(long)]
+    pub incompatible: Option<String>,
+    /// The scenario's display path.
+    #[arg(long)]
+    pub file: String,
+    #[arg(long)]
+    pub seed: u64,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[arg(long)]
+    pub buffer_size: usize,
+    #[arg(long)]
+    pub include_dangerous: bool,
+}
+
+/// `__restore`: reset one device and check it is running again.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    #[arg(long)]
+    pub device: String,
+    #[arg(long, value_parser = ["v1", "v2"])]
+    pub protocol: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("vfio-migtest").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_runs_with_defaults() {
+        let cli = parse(&[]);
+        assert!(cli.command.is_none());
+        assert!(cli.run.devices.is_empty());
+        assert_eq!(cli.run.out, PathBuf::from("vfio-migtest-results"));
+        assert_eq!(cli.run.timeout, Duration::from_secs(60));
+        assert_eq!(cli.run.buffer_size, 1 << 20);
+        assert_eq!(cli.run.format, Format::Pretty);
+    }
+
+    #[test]
+    fn run_options_and_selection() {
+        let cli = parse(&[
+            "run",
+            "--device",
+            "sim:v1",
+            "--device",
+            "0000:3b:00.1",
+            "--timeout",
+            "1m 30s",
+            "--buffer-size",
+            "64KiB",
+            "--format",
+            "ktap",
+            "--skip",
+            "walk",
+            "--exact",
+            "--test-threads",
+            "2",
+            "--seed",
+            "7",
+            "fsm",
+        ]);
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(run.devices, ["sim:v1", "0000:3b:00.1"]);
+        assert_eq!(run.timeout, Duration::from_secs(90));
+        assert_eq!(run.buffer_size, 65536);
+        assert_eq!(run.format, Format::Ktap);
+        assert_eq!(run.filter.as_deref(), Some("fsm"));
+        assert_eq!(run.skip, ["walk"]);
+        assert_eq!(run.test_threads.map(NonZeroUsize::get), Some(2));
+        assert_eq!(run.seed, Some(7));
+        assert!(run.exact && !run.dangerous_allowed());
+    }
+
+    #[test]
+    fn a_top_level_filter_is_not_a_subcommand() {
+        let cli = parse(&["--list", "precopy"]);
+        assert!(cli.command.is_none());
+        assert!(cli.run.list);
+        assert_eq!(cli.run.filter.as_deref(), Some("precopy"));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["--timeout", "soon"][..],
+            &["--buffer-size", "12"],
+            &["--format", "tap"],
+            &["report"],
+        ] {
+            let argv = std::iter::once("vfio-migtest").chain(args.iter().copied());
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn device_list_keeps_simulator_options_together() {
+        assert_eq!(
+            split_device_list(
+                "sim:v1,fault=hang-transition, 0000:3b:00.1,sim,type=b,/dev/vfio/devices/vfio3"
+            ),
+            [
+                "sim:v1,fault=hang-transition",
+                "0000:3b:00.1",
+                "sim:type=b",
+                "/dev/vfio/devices/vfio3"
+            ]
+        );
+        assert_eq!(split_device_list(""), Vec::<String>::new());
+    }
+}
