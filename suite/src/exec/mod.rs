@@ -9,6 +9,8 @@
 mod caps;
 mod logging;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 mod v1;
 mod v2;
 mod walk;
@@ -362,6 +364,16 @@ impl<'a, 'd> Exec<'a, 'd> {
             };
         }
         Ok(())
+    }
+
+    /// Makes the data buffer at least `len` bytes. A larger buffer is a
+    /// fresh zeroed allocation, not a grown and zero-filled one: its pages
+    /// are the kernel's zero pages until data lands in them, so a huge
+    /// chunk over a small stream costs neither time nor memory.
+    pub fn reserve_buf(&mut self, len: usize) {
+        if self.buf.len() < len {
+            self.buf = vec![0u8; len];
+        }
     }
 
     pub fn role(&mut self, role: Role) -> Result<&mut RoleCtx<'d>, Abort> {

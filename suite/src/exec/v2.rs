@@ -1109,10 +1109,8 @@ impl Exec<'_, '_> {
         bound: u64,
         into: Option<&str>,
     ) -> Result<(u64, End, bool), Abort> {
-        let chunk = (chunk as usize).min(self.buf.len().max(chunk as usize));
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
+        let chunk = chunk as usize;
+        self.reserve_buf(chunk);
         if let Some(name) = into {
             self.buffers
                 .entry(name.to_string())
@@ -1320,9 +1318,7 @@ impl Exec<'_, '_> {
         };
         let fd = self.session_fd(role, kind)?;
         let len = len as usize;
-        if self.buf.len() < len {
-            self.buf.resize(len, 0);
-        }
+        self.reserve_buf(len);
         let op = if write { "pwrite" } else { "pread" };
         let args = format!("fd {fd}, {len} bytes at offset {offset}");
         self.started(role, op, &args, key);
@@ -1363,14 +1359,14 @@ impl Exec<'_, '_> {
         fd: DataFd,
         w: &WriteSpec,
     ) -> Result<(u64, Option<Errno>), Abort> {
-        let chunk = w.chunk as usize;
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
         let mut stream = self
             .buffers
             .remove(&w.from)
             .ok_or_else(|| Abort::Driver(format!("buffer `{}` was never filled", w.from)))?;
+        // No write is longer than the (mutated) stream, whatever the chunk.
+        let total = stream.len().saturating_sub(w.mutation.truncate) + w.mutation.extra;
+        let chunk = usize::try_from(w.chunk.min(total.max(1))).unwrap_or(usize::MAX);
+        self.reserve_buf(chunk);
         let result = (|| {
             let mut reader = stream
                 .reader(&w.mutation)
@@ -1996,9 +1992,7 @@ impl Exec<'_, '_> {
         let src = self.session_fd(role, SessionKind::Saving)?;
         let dst = self.session_fd(to, SessionKind::Resuming)?;
         let chunk = chunk as usize;
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
+        self.reserve_buf(chunk);
         let args = format!("fd {src} on {role} -> fd {dst} on {to}, chunks of {chunk}");
         self.started(role, "pipe", &args, key);
         let t0 = Instant::now();
