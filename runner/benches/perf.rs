@@ -33,7 +33,7 @@ use suite::device::{
     open, Access, DataFd, Device, DeviceDescription, DeviceExt, FeatureRequest, PollFlags,
 };
 use suite::exec::{self, Devices, ExecOptions, RunSettings};
-use suite::scenario::{load_all, load_str, read_dir, Protocol, Scenario};
+use suite::scenario::{load_all, load_str, read_dir, Scenario};
 use suite::uapi::*;
 
 const GIB: u64 = 1 << 30;
@@ -519,8 +519,8 @@ fn catalogue() {
     }
 }
 
-/// Runs every applicable case in this process on fresh simulators, as
-/// `suite/tests/catalogue_on_sim.rs` does.
+/// Runs every case that applies to `--device sim` in this process, one
+/// after the other, on fresh simulators.
 fn catalogue_in_process() -> (usize, Duration) {
     let files = read_dir(&cases_dir()).expect("the catalogue is readable");
     let cases =
@@ -532,17 +532,9 @@ fn catalogue_in_process() -> (usize, Duration) {
     let t0 = Instant::now();
     let mut ran = 0;
     for s in &cases {
-        let spec = match s.protocol {
-            Protocol::V1 => "sim:v1",
-            Protocol::V2 => "sim",
-        };
-        let mut dev = open(spec).expect("simulator");
-        let mut dst = open(spec).expect("simulator");
-        let mut inc = open(&format!(
-            "{spec}{}type=sim-other",
-            if spec == "sim" { ":" } else { "," }
-        ))
-        .expect("simulator");
+        let mut dev = open("sim").expect("simulator");
+        let mut dst = open("sim").expect("simulator");
+        let mut inc = open("sim:type=sim-other").expect("simulator");
         let caps = exec::probe_caps(dev.as_mut());
         let dcaps = exec::probe_caps(dst.as_mut());
         let icaps = exec::probe_caps(inc.as_mut());
@@ -610,11 +602,9 @@ fn isolation_overhead(runner: &Path) -> Option<f64> {
 }
 
 fn bytes_text(n: u64) -> String {
-    if n >= GIB && n % GIB == 0 {
-        format!("{} GiB", n / GIB)
-    } else if n >= MIB {
-        format!("{:.1} MiB", n as f64 / MIB as f64)
+    if n >= GIB {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
     } else {
-        format!("{} KiB", n / 1024)
+        format!("{:.1} MiB", n as f64 / MIB as f64)
     }
 }
