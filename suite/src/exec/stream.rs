@@ -16,7 +16,9 @@ pub struct StreamBuf {
     mem: Vec<u8>,
     file: Option<File>,
     len: u64,
-    chunks: Vec<u64>,
+    /// (size, how many in a row): a device that returns 4 KiB per read
+    /// still makes one entry, not one per read.
+    chunks: Vec<(u64, u64)>,
     spill_at: u64,
 }
 
@@ -40,8 +42,10 @@ impl StreamBuf {
     }
 
     /// The sizes of the reads (or v1 iterations) that produced the stream.
-    pub fn chunks(&self) -> &[u64] {
-        &self.chunks
+    pub fn chunks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.chunks
+            .iter()
+            .flat_map(|&(size, count)| std::iter::repeat_n(size, count as usize))
     }
 
     pub fn append(&mut self, data: &[u8], temp_dir: &Path) -> io::Result<()> {
@@ -58,8 +62,12 @@ impl StreamBuf {
             Some(f) => f.write_all(data)?,
             None => self.mem.extend_from_slice(data),
         }
-        self.len += data.len() as u64;
-        self.chunks.push(data.len() as u64);
+        let size = data.len() as u64;
+        self.len += size;
+        match self.chunks.last_mut() {
+            Some((last, count)) if *last == size => *count += 1,
+            _ => self.chunks.push((size, 1)),
+        }
         Ok(())
     }
 
@@ -218,10 +226,20 @@ mod tests {
         assert!(b.file.is_some());
         assert!(b.mem.is_empty());
         assert_eq!(b.len(), 10);
-        assert_eq!(b.chunks(), &[3, 5, 2]);
+        assert_eq!(b.chunks().collect::<Vec<_>>(), [3, 5, 2]);
         assert_eq!(all(&mut b, &Mutation::default()), b"abcdefghij");
         // A second reader starts over.
         assert_eq!(all(&mut b, &Mutation::default()), b"abcdefghij");
+    }
+
+    #[test]
+    fn chunk_sizes_are_kept_as_runs() {
+        let mut b = StreamBuf::new(1 << 20);
+        for part in [&[1u8; 4][..], &[2; 4], &[3; 4], &[4; 2], &[5; 4]] {
+            b.append(part, &std::env::temp_dir()).unwrap();
+        }
+        assert_eq!(b.chunks, [(4, 3), (2, 1), (4, 1)]);
+        assert_eq!(b.chunks().collect::<Vec<_>>(), [4, 4, 4, 2, 4]);
     }
 
     #[test]

@@ -1199,7 +1199,7 @@ fn chunk_sizes(stream: &StreamBuf, chunk: &V1Chunking, m: &Mutation) -> Vec<u64>
     };
     match chunk {
         V1Chunking::Source => {
-            for &c in stream.chunks() {
+            for c in stream.chunks() {
                 push(c, &mut left);
             }
             push(left, &mut left);
