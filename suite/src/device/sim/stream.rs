@@ -136,13 +136,6 @@ fn page_words(seed: u64, index: u64, generation: u64) -> impl Iterator<Item = [u
     (1u64..).map(move |i| mix64(key.wrapping_add(GOLDEN.wrapping_mul(i))).to_le_bytes())
 }
 
-/// Writes the content of page (seed, index, generation) into `out`.
-fn fill_page(seed: u64, index: u64, generation: u64, out: &mut [u8]) {
-    for (chunk, word) in out.chunks_mut(8).zip(page_words(seed, index, generation)) {
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
-}
-
 /// Whether `bytes` is the content of page (seed, index, generation),
 /// compared as it is generated (no copy of the page is made).
 fn page_matches(seed: u64, index: u64, generation: u64, bytes: &[u8]) -> bool {
@@ -634,13 +627,14 @@ impl Saver {
         self.buf.extend_from_slice(&(len as u32).to_le_bytes());
         self.buf.extend_from_slice(&index.to_le_bytes());
         self.buf.extend_from_slice(&generation.to_le_bytes());
-        self.buf.resize(RECORD_HEADER_LEN + len as usize, 0);
-        fill_page(
-            content.seed,
-            index,
-            generation,
-            &mut self.buf[RECORD_HEADER_LEN..],
-        );
+        // Generated straight into the record (no zero-fill first); a short
+        // last word is cut off after. The buffer has room: pages are
+        // multiples of 8 bytes, and only the last one may be shorter.
+        let len = len as usize;
+        for word in page_words(content.seed, index, generation).take(len.div_ceil(8)) {
+            self.buf.extend_from_slice(&word);
+        }
+        self.buf.truncate(RECORD_HEADER_LEN + len);
         self.hasher.update(&self.buf);
         self.records += 1;
         self.payload_at = RECORD_HEADER_LEN;
@@ -914,15 +908,26 @@ mod tests {
     #[test]
     fn pages_depend_on_seed_index_and_generation() {
         let page = |seed, index, generation| {
-            let mut b = vec![0u8; 100];
-            fill_page(seed, index, generation, &mut b);
-            b
+            let words = page_words(seed, index, generation).take(13);
+            words.flatten().take(100).collect::<Vec<u8>>()
         };
         assert_eq!(page(1, 2, 3), page(1, 2, 3));
         assert_ne!(page(1, 2, 3), page(2, 2, 3));
         assert_ne!(page(1, 2, 3), page(1, 3, 3));
         assert_ne!(page(1, 2, 3), page(1, 2, 4));
         assert_ne!(page(1, 2, 3)[..8], page(1, 2, 3)[8..16]);
+        // The content streams have always had (the stream format).
+        assert_eq!(page(1, 2, 3)[..8], 0x226f_2fe8_f080_447a_u64.to_le_bytes());
+        // A page matches itself, with or without a short last word, and
+        // nothing else.
+        let mut p = page(1, 2, 3);
+        assert!(page_matches(1, 2, 3, &p) && page_matches(1, 2, 3, &p[..96]));
+        assert!(!page_matches(1, 2, 4, &p));
+        p[99] ^= 1;
+        assert!(!page_matches(1, 2, 3, &p));
+        p[99] ^= 1;
+        p[0] ^= 1;
+        assert!(!page_matches(1, 2, 3, &p));
     }
 
     #[test]
