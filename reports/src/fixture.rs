@@ -900,6 +900,7 @@ pub fn fixture() -> RunResults {
             strict: false,
             include_dangerous: true,
             interrupted: None,
+            notes: vec!["/dev/kmsg is not readable: kernel warnings are not watched".into()],
         },
         requirements: requirements(),
         devices: vec![sim(), mtty()],

@@ -177,6 +177,7 @@ struct Page {
     catalogued: usize,
     run_env: Vec<Fact>,
     command_line: String,
+    run_notes: Vec<String>,
 }
 
 /// The report as one self-contained HTML document.
@@ -287,6 +288,7 @@ fn page(results: &RunResults) -> Page {
         covered,
         run_env,
         command_line: meta.command_line.join(" "),
+        run_notes: meta.notes.clone(),
     }
 }
 

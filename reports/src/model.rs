@@ -34,6 +34,9 @@ pub struct RunMeta {
     pub include_dangerous: bool,
     /// Set when the run stopped early (signal), with the reason.
     pub interrupted: Option<String>,
+    /// What the run could not do or check (no readable /dev/kmsg, ...).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -42,6 +42,12 @@ pub struct CaseSpecs {
 }
 
 impl CaseSpecs {
+    /// Only simulated devices: nothing the case does can hang a kernel, so
+    /// dangerous steps run without --include-dangerous.
+    pub fn all_simulated(&self) -> bool {
+        self.roles().iter().all(|(_, s)| crate::run::is_sim(s))
+    }
+
     /// (role, spec) of every device the case uses.
     pub fn roles(&self) -> Vec<(&'static str, &str)> {
         let mut v = vec![("device", self.device.as_str())];
@@ -235,7 +241,7 @@ pub fn run_case(
         .arg(format!("{}ms", timeout.as_millis()))
         .arg("--buffer-size")
         .arg(h.buffer_size.to_string());
-    if h.include_dangerous {
+    if h.include_dangerous || specs.all_simulated() {
         cmd.arg("--include-dangerous");
     }
     let mut child = match ChildProc::spawn(cmd, Some(text.as_bytes())) {

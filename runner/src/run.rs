@@ -84,7 +84,7 @@ fn device_specs(args: &RunArgs) -> Result<Vec<String>> {
     Ok(specs)
 }
 
-fn is_sim(spec: &str) -> bool {
+pub(crate) fn is_sim(spec: &str) -> bool {
     DeviceSpec::parse(spec).is_ok_and(|s| s.is_sim())
 }
 
@@ -453,6 +453,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         strict: args.strict,
         include_dangerous: args.dangerous_allowed(),
         interrupted: None,
+        notes: Vec::new(),
     };
     // libtest-mimic's JSON owns stdout; the runner's own lines go to stderr.
     let say = |text: String| match args.format {
@@ -472,6 +473,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         let k = KmsgWatch::available();
         if let Err(note) = &k {
             eprintln!("note: {note}");
+            meta.notes.push(note.clone());
         }
         k
     };
@@ -547,6 +549,12 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                     .then(|| incompatible_for(args, spec))
                     .flatten(),
             };
+            // A simulator has no kernel to hang: its dangerous cases always run.
+            let simulated = case_specs.all_simulated();
+            let settings = RunSettings {
+                include_dangerous: settings.include_dangerous || simulated,
+                ..settings
+            };
             let mut plan = Plan {
                 name: trial_name(di, spec, &s.name),
                 device: di,
@@ -554,7 +562,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 specs: case_specs,
                 ignore: None,
                 error: None,
-                dangerous: s.dangerous,
+                dangerous: s.dangerous && !simulated,
             };
             decide(&mut plan, s, &probed, settings);
             plans.push(plan);

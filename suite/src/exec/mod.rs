@@ -506,6 +506,25 @@ impl<'a, 'd> Exec<'a, 'd> {
         self.check_index.get(self.check_name.as_str()).copied()
     }
 
+    /// A check that could not apply on this device, with why.
+    pub fn not_applicable(&mut self, key: &StepKey, kind: &str, id: &str, why: String) {
+        let name = key.name(kind);
+        if self.check_index.contains_key(&name) {
+            return;
+        }
+        let record = CheckRecord {
+            name,
+            ids: vec![id.to_string()],
+            strength: strength_of(id),
+            verdict: Verdict::NotApplicable,
+            expected: String::new(),
+            observed: why,
+            location: key.loc.clone(),
+            known_failure: None,
+        };
+        (self.sink)(Event::Check(record));
+    }
+
     /// Final records for merged checks, with how often they ran; closes
     /// every data fd the case still holds.
     fn finish(&mut self) {

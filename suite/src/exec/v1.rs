@@ -141,6 +141,8 @@ impl Exec<'_, '_> {
         name: &str,
     ) -> Result<Result<u64, Errno>, Abort> {
         let region = self.region(role)?;
+        let args = format!("{name} ({width} bytes at {off})");
+        self.started(role, "pread", &args, key);
         let t0 = Instant::now();
         let mut b = [0u8; 8];
         let r = self
@@ -157,7 +159,7 @@ impl Exec<'_, '_> {
         self.record(
             role,
             "pread",
-            format!("{name} ({width} bytes at {off})"),
+            args,
             step_return(&value.map(|v| v as i64)),
             None,
             0,
@@ -177,6 +179,8 @@ impl Exec<'_, '_> {
         name: &str,
     ) -> Result<Result<(), Errno>, Abort> {
         let region = self.region(role)?;
+        let args = format!("{name} = {value:#x} ({width} bytes at {off})");
+        self.started(role, "pwrite", &args, key);
         let t0 = Instant::now();
         let bytes = value.to_le_bytes();
         let r = self
@@ -187,7 +191,7 @@ impl Exec<'_, '_> {
         self.record(
             role,
             "pwrite",
-            format!("{name} = {value:#x} ({width} bytes at {off})"),
+            args,
             step_return(&r.map(|()| 0)),
             None,
             0,

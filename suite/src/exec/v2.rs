@@ -1616,6 +1616,11 @@ impl Exec<'_, '_> {
         by: EndedBy,
         key: &StepKey,
     ) -> Flow {
+        let probe_op = match kind {
+            SessionKind::Saving => "read",
+            SessionKind::Resuming => "write",
+        };
+        self.started(role, probe_op, &format!("fd {fd} of an ended session"), key);
         let ctx = role_of(&mut self.roles, role)?;
         let t0 = Instant::now();
         let (op, r) = match kind {
@@ -1670,6 +1675,7 @@ impl Exec<'_, '_> {
     /// V2-RESET-03: ERROR is left only by reset. Applies only when the
     /// device is in ERROR.
     fn error_state(&mut self, role: Role, key: &StepKey) -> Flow {
+        self.started(role, "GET MIG_DEVICE_STATE", "", key);
         let t0 = Instant::now();
         let g = self.role(role)?.dev.get_state();
         self.record(
@@ -2222,6 +2228,7 @@ impl Exec<'_, '_> {
     }
 
     fn close_device(&mut self, role: Role, key: &StepKey) -> Flow {
+        self.started(role, "close device fd", "", key);
         let t0 = Instant::now();
         let r = self.role(role)?.dev.close_device();
         self.record(
@@ -2247,6 +2254,7 @@ impl Exec<'_, '_> {
     }
 
     fn reopen(&mut self, role: Role, key: &StepKey) -> Flow {
+        self.started(role, "open device", "", key);
         let t0 = Instant::now();
         let r = self.role(role)?.dev.reopen();
         let g = self.role(role)?.dev.get_state().ok();

@@ -49,7 +49,7 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> SimConfig {
         SimConfig {
-            v1: false,
+            v1: true,
             v2: true,
             flags: MigrationFlags::ALL,
             state_size: 64 << 10,
@@ -134,10 +134,10 @@ impl SimConfig {
                 }
             }
         }
-        let wants_v1 = config.faults.iter().any(|f| f.info().v1);
-        let wants_v2 = config.faults.iter().any(|f| !f.info().v1);
+        // Without `v1`/`v2` the simulator speaks both, like a device whose
+        // driver kept the region next to the feature ioctls.
         (config.v1, config.v2) = match protocols {
-            None => (wants_v1, wants_v2 || !wants_v1),
+            None => (true, true),
             Some((v1, v2)) => {
                 if let Some(f) = config.faults.iter().find(|f| f.info().v1 && !v1) {
                     return Err(format!(
@@ -335,7 +335,7 @@ mod tests {
     fn defaults() {
         let c = SimConfig::parse("").unwrap();
         assert_eq!(c, SimConfig::default());
-        assert_eq!(c.protocols(), (false, true));
+        assert_eq!(c.protocols(), (true, true));
         assert_eq!(c.flags(), MigrationFlags::ALL);
         assert_eq!(
             (c.state_size(), c.page_size(), c.precopy()),
@@ -374,9 +374,9 @@ mod tests {
     }
 
     #[test]
-    fn faults_pick_their_protocol() {
+    fn faults_need_their_protocol() {
         let c = SimConfig::parse("fault=v1-not-frozen").unwrap();
-        assert_eq!(c.protocols(), (true, false));
+        assert_eq!(c.protocols(), (true, true));
         let c = SimConfig::parse("fault=v1-not-frozen,fault=hang-read").unwrap();
         assert_eq!(c.protocols(), (true, true));
         let err = SimConfig::parse("v2,fault=v1-not-frozen").unwrap_err();

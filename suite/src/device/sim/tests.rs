@@ -740,7 +740,7 @@ fn dma_logging() {
 
 #[test]
 fn device_and_region_info() {
-    let mut d = sim("");
+    let mut d = sim("v2");
     let info = d.device_info().unwrap();
     assert_eq!(info.flags, VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET);
     assert_eq!((info.num_regions, info.num_irqs), (9, 5));
