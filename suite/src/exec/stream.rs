@@ -171,6 +171,25 @@ pub struct StreamReader<'a> {
     corrupt: Vec<u64>,
 }
 
+impl StreamReader<'_> {
+    /// The next `buf.len()` bytes (fewer only at the end): where they lie
+    /// when the stream is in memory and unaltered there, else copied into
+    /// `buf`.
+    pub fn next_chunk<'r>(&'r mut self, buf: &'r mut [u8]) -> io::Result<&'r [u8]> {
+        let want = (buf.len() as u64).min(self.end.saturating_sub(self.pos));
+        let (from, to) = (self.pos, self.pos + want);
+        if let Source::Mem(m) = &self.source {
+            let m: &[u8] = m;
+            if to <= self.source_len && !self.corrupt.iter().any(|&c| c >= from && c < to) {
+                self.pos = to;
+                return Ok(&m[from as usize..to as usize]);
+            }
+        }
+        let n = read_full(self, &mut buf[..want as usize])?;
+        Ok(&buf[..n])
+    }
+}
+
 impl Read for StreamReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.end {
@@ -258,6 +277,40 @@ mod tests {
                 extra: 3,
             };
             assert_eq!(all(&mut b, &m), b"abcdef\xa5\xa5\xa5");
+        }
+    }
+
+    #[test]
+    fn chunks_come_from_memory_or_through_the_buffer() {
+        for spill in [4, 1 << 20] {
+            let mut b = filled(spill, &[b"abcdefgh"]);
+            let m = Mutation {
+                truncate: 1,
+                corrupt: vec![5],
+                extra: 2,
+            };
+            let mut r = b.reader(&m).unwrap();
+            let mut buf = [0u8; 3];
+            let at = buf.as_ptr();
+            let mut got = Vec::new();
+            loop {
+                let chunk = r.next_chunk(&mut buf).unwrap();
+                if chunk.is_empty() {
+                    break;
+                }
+                // In memory, an unaltered chunk is not copied.
+                let copied = chunk.as_ptr() == at;
+                got.push((chunk.to_vec(), copied));
+            }
+            let in_memory = spill > 8;
+            assert_eq!(
+                got,
+                [
+                    (b"abc".to_vec(), !in_memory),
+                    (vec![b'd', b'e', b'f' ^ 0xff], true),
+                    (vec![b'g', 0xa5, 0xa5], true),
+                ]
+            );
         }
     }
 

@@ -1,7 +1,6 @@
 //! Protocol v2 operations: the state machine, the data fd, size estimates.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
 use std::time::Instant;
 
 use reports::{Direction, Event, StepReturn, Transfer};
@@ -335,7 +334,7 @@ impl Exec<'_, '_> {
         self.record(
             role,
             "SET MIG_DEVICE_STATE",
-            args.clone(),
+            args,
             step_return(&got),
             after,
             0,
@@ -1367,26 +1366,28 @@ impl Exec<'_, '_> {
         let total = stream.len().saturating_sub(w.mutation.truncate) + w.mutation.extra;
         let chunk = usize::try_from(w.chunk.min(total.max(1))).unwrap_or(usize::MAX);
         self.reserve_buf(chunk);
+        let mut buf = std::mem::take(&mut self.buf);
         let result = (|| {
             let mut reader = stream
                 .reader(&w.mutation)
                 .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
             let mut written = 0u64;
             loop {
-                let n = read_up_to(&mut reader, &mut self.buf[..chunk])
+                let data = reader
+                    .next_chunk(&mut buf[..chunk])
                     .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
-                if n == 0 {
+                if data.is_empty() {
                     return Ok((written, None));
                 }
                 let mut off = 0;
-                while off < n {
+                while off < data.len() {
                     match self.wait_ready(role, fd, PollFlags::POLLOUT)? {
                         Ok(ev) if ev.is_empty() => return Ok((written, Some(Errno::ETIMEDOUT))),
                         Ok(_) => {}
                         Err(e) => return Ok((written, Some(e))),
                     }
                     let ctx = role_of(&mut self.roles, role)?;
-                    match ctx.dev.data_write(fd, &self.buf[off..n]) {
+                    match ctx.dev.data_write(fd, &data[off..]) {
                         Ok(0) => return Ok((written, Some(Errno::ENOSPC))),
                         Ok(k) => {
                             off += k;
@@ -1398,6 +1399,7 @@ impl Exec<'_, '_> {
                 }
             }
         })();
+        self.buf = buf;
         self.buffers.insert(w.from.clone(), stream);
         if let Ok((_, err)) = &result {
             self.role(role)?.resume_loaded = err.is_none() && w.mutation.is_none();
@@ -2277,17 +2279,6 @@ impl Exec<'_, '_> {
         self.role(role)?.state = g;
         Ok(())
     }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 fn mutation_text(m: &crate::scenario::Mutation) -> String {
