@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use reports::{CheckRecord, Event, SourceLoc, StepRecord, StepReturn, Strength, Verdict};
+use reports::{
+    CheckRecord, Direction, Event, SourceLoc, StepRecord, StepReturn, Strength, Transfer, Verdict,
+};
 
 use crate::device::{DataFd, Device};
 use crate::model::MigrationFlags;
@@ -392,6 +394,26 @@ impl<'a, 'd> Exec<'a, 'd> {
         }
     }
 
+    /// Records a save or resume: bytes, time taken, chunk size, downtime.
+    pub fn transfer(
+        &mut self,
+        role: Role,
+        direction: Direction,
+        bytes: u64,
+        duration_ns: u64,
+        chunk: u64,
+        downtime_ns: Option<u64>,
+    ) {
+        (self.sink)(Event::Transfer(Transfer {
+            role: role.as_str().to_string(),
+            direction,
+            bytes,
+            duration_ns,
+            chunk,
+            downtime_ns,
+        }));
+    }
+
     pub fn note(&mut self, text: String) {
         (self.sink)(Event::Note { text });
     }
@@ -628,7 +650,7 @@ impl<'a, 'd> Exec<'a, 'd> {
                 seed,
                 invalid,
             } => self.walk(step.role, *steps, *seed, *invalid, &key),
-            op if v1::handles(op)
+            op if op.is_v1()
                 || (self.protocol == Protocol::V1 && matches!(op, Op::Reset | Op::ErrorState)) =>
             {
                 self.v1_op(step, &key)

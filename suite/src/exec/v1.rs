@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use reports::{Direction, Event, Transfer, V1Iteration};
+use reports::{Direction, Event, V1Iteration};
 
 use super::stream::StreamBuf;
 use super::*;
@@ -19,18 +19,6 @@ use crate::uapi::{self, v1 as f, VFIO_PCI_CONFIG_REGION_INDEX};
 pub(crate) struct V1Region {
     pub offset: u64,
     pub size: u64,
-}
-
-/// Whether an operation belongs to the v1 region protocol.
-pub fn handles(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::ReadField { .. }
-            | Op::WriteField { .. }
-            | Op::V1Save { .. }
-            | Op::V1Resume { .. }
-            | Op::V1Freeze { .. }
-    )
 }
 
 pub fn builtin_ids(op: &Op) -> &'static [&'static str] {
@@ -589,14 +577,7 @@ impl Exec<'_, '_> {
             t0,
             key,
         );
-        (self.sink)(Event::Transfer(Transfer {
-            role: role.as_str().into(),
-            direction: Direction::Save,
-            bytes: total,
-            duration_ns: nanos(t0.elapsed()),
-            chunk: 0,
-            downtime_ns: None,
-        }));
+        self.transfer(role, Direction::Save, total, nanos(t0.elapsed()), 0, None);
         self.check(
             key,
             Check::builtin(
@@ -855,7 +836,7 @@ impl Exec<'_, '_> {
             let mut done = 0u64;
             while done < size {
                 let n = (size - done).min(self.buf.len() as u64) as usize;
-                let got = read_exact_or_short(&mut reader, &mut self.buf[..n])
+                let got = stream::read_full(&mut reader, &mut self.buf[..n])
                     .map_err(|e| Abort::Harness(format!("cannot read the stream: {e}")))?;
                 if got == 0 {
                     break;
@@ -886,14 +867,14 @@ impl Exec<'_, '_> {
             }
             written += done;
         }
-        (self.sink)(Event::Transfer(Transfer {
-            role: role.as_str().into(),
-            direction: Direction::Resume,
-            bytes: written,
-            duration_ns: nanos(t0.elapsed()),
-            chunk: 0,
-            downtime_ns: None,
-        }));
+        self.transfer(
+            role,
+            Direction::Resume,
+            written,
+            nanos(t0.elapsed()),
+            0,
+            None,
+        );
         let leave = if then_running {
             V1State::RUNNING
         } else {
@@ -1215,17 +1196,6 @@ fn chunk_sizes(stream: &StreamBuf, chunk: &V1Chunking, m: &Mutation) -> Vec<u64>
         }
     }
     sizes
-}
-
-fn read_exact_or_short(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

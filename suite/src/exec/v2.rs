@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use reports::{Direction, Event, StepReturn, Transfer};
+use reports::{Direction, Event, StepReturn};
 
 use super::stream::StreamBuf;
 use super::*;
@@ -1033,14 +1033,7 @@ impl Exec<'_, '_> {
             let dur = nanos(t0.elapsed());
             let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
             if end == End::Eof && state == Some(MigState::StopCopy) {
-                (self.sink)(Event::Transfer(Transfer {
-                    role: role.as_str().into(),
-                    direction: Direction::Save,
-                    bytes: total,
-                    duration_ns: dur,
-                    chunk,
-                    downtime_ns: downtime,
-                }));
+                self.transfer(role, Direction::Save, total, dur, chunk, downtime);
             }
         }
         self.read_checks(role, fd, until, state, total, end, enomsg_seen, bound, key)?;
@@ -1815,14 +1808,14 @@ impl Exec<'_, '_> {
             t0,
             key,
         );
-        (self.sink)(Event::Transfer(Transfer {
-            role: role.as_str().into(),
-            direction: Direction::Resume,
-            bytes: written,
-            duration_ns: nanos(t0.elapsed()),
-            chunk: w.chunk,
-            downtime_ns: None,
-        }));
+        self.transfer(
+            role,
+            Direction::Resume,
+            written,
+            nanos(t0.elapsed()),
+            w.chunk,
+            None,
+        );
         if err == Some(Errno::ETIMEDOUT) {
             self.check(
                 key,
@@ -2071,14 +2064,14 @@ impl Exec<'_, '_> {
             key,
         );
         let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
-        (self.sink)(Event::Transfer(Transfer {
-            role: role.as_str().into(),
-            direction: Direction::Save,
-            bytes: total,
-            duration_ns: nanos(t0.elapsed()),
-            chunk: chunk as u64,
-            downtime_ns: downtime,
-        }));
+        self.transfer(
+            role,
+            Direction::Save,
+            total,
+            nanos(t0.elapsed()),
+            chunk as u64,
+            downtime,
+        );
         self.role(to)?.resume_loaded = failure.is_none();
         let stopped = self.set_state(to, MigState::Stop.raw(), None, key)?.ok;
         self.set_state(role, MigState::Stop.raw(), None, key)?;

@@ -292,6 +292,18 @@ pub enum Op {
 }
 
 impl Op {
+    /// Operations of the v1 migration region protocol.
+    pub fn is_v1(&self) -> bool {
+        matches!(
+            self,
+            Op::ReadField { .. }
+                | Op::WriteField { .. }
+                | Op::V1Save { .. }
+                | Op::V1Resume { .. }
+                | Op::V1Freeze { .. }
+        )
+    }
+
     /// The name the file uses for this operation.
     pub fn name(&self) -> &'static str {
         match self {
@@ -514,6 +526,17 @@ pub struct LoadError {
 }
 
 impl LoadError {
+    /// An error about a file as a whole (it cannot be read, it is too big).
+    pub fn whole_file(file: &str, message: String) -> LoadError {
+        LoadError {
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            message,
+            snippet: None,
+        }
+    }
+
     /// The error with its source snippet, as printed to a terminal.
     pub fn detailed(&self) -> String {
         match &self.snippet {
@@ -527,16 +550,7 @@ impl LoadError {
 /// and reports.
 pub fn load_str(text: &str, file: &str) -> Result<Scenario, LoadError> {
     if text.len() > MAX_FILE_SIZE {
-        return Err(LoadError {
-            file: file.to_string(),
-            line: 1,
-            column: 1,
-            message: format!(
-                "file is {} bytes; scenario files are limited to {MAX_FILE_SIZE}",
-                text.len()
-            ),
-            snippet: None,
-        });
+        return Err(too_large(file, text.len() as u64));
     }
     // Scenario files are small; these caps stop alias bombs and deep nesting.
     let options = serde_saphyr::options! {
@@ -569,22 +583,25 @@ pub const MAX_FILE_SIZE: usize = 1 << 20;
 
 /// Loads one scenario file; `display` is the name used in reports.
 pub fn load_file(path: &Path, display: &str) -> Result<Scenario, LoadError> {
-    let fail = |message: String| LoadError {
-        file: display.to_string(),
-        line: 1,
-        column: 1,
-        message,
-        snippet: None,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    load_str(&read_limited(path, display)?, display)
+}
+
+fn too_large(file: &str, size: u64) -> LoadError {
+    LoadError::whole_file(
+        file,
+        format!("file is {size} bytes; scenario files are limited to {MAX_FILE_SIZE}"),
+    )
+}
+
+/// Reads a scenario file, refusing one too large to be a scenario.
+fn read_limited(path: &Path, display: &str) -> Result<String, LoadError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| LoadError::whole_file(display, format!("cannot read: {e}")))?;
     if meta.len() > MAX_FILE_SIZE as u64 {
-        return Err(fail(format!(
-            "file is {} bytes; scenario files are limited to {MAX_FILE_SIZE}",
-            meta.len()
-        )));
+        return Err(too_large(display, meta.len()));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    load_str(&text, display)
+    std::fs::read_to_string(path)
+        .map_err(|e| LoadError::whole_file(display, format!("cannot read: {e}")))
 }
 
 /// Loads every scenario of a set of (name, text) files and checks that case
@@ -598,16 +615,10 @@ pub fn load_all<'a>(
         match load_str(text, file) {
             Ok(s) => {
                 if let Some(other) = scenarios.iter().find(|o| o.name == s.name) {
-                    errors.push(LoadError {
-                        file: file.to_string(),
-                        line: 1,
-                        column: 1,
-                        message: format!(
-                            "case name `{}` is already used by {}",
-                            s.name, other.file
-                        ),
-                        snippet: None,
-                    });
+                    errors.push(LoadError::whole_file(
+                        file,
+                        format!("case name `{}` is already used by {}", s.name, other.file),
+                    ));
                 } else {
                     scenarios.push(s);
                 }
@@ -626,45 +637,17 @@ pub fn load_all<'a>(
 /// name, text); display names are relative to `dir`.
 pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, LoadError> {
     let mut files = Vec::new();
-    walk_yaml(dir, dir, &mut files).map_err(|e| LoadError {
-        file: dir.display().to_string(),
-        line: 1,
-        column: 1,
-        message: format!("cannot read the cases directory: {e}"),
-        snippet: None,
+    walk_yaml(dir, dir, &mut files).map_err(|e| {
+        LoadError::whole_file(
+            &dir.display().to_string(),
+            format!("cannot read the cases directory: {e}"),
+        )
     })?;
     files.sort();
-    let mut out = Vec::new();
-    for (display, path) in files {
-        let meta = std::fs::metadata(&path).map_err(|e| LoadError {
-            file: display.clone(),
-            line: 1,
-            column: 1,
-            message: format!("cannot read: {e}"),
-            snippet: None,
-        })?;
-        if meta.len() > MAX_FILE_SIZE as u64 {
-            return Err(LoadError {
-                file: display,
-                line: 1,
-                column: 1,
-                message: format!(
-                    "file is {} bytes; scenario files are limited to {MAX_FILE_SIZE}",
-                    meta.len()
-                ),
-                snippet: None,
-            });
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| LoadError {
-            file: display.clone(),
-            line: 1,
-            column: 1,
-            message: format!("cannot read: {e}"),
-            snippet: None,
-        })?;
-        out.push((display, text));
-    }
-    Ok(out)
+    files
+        .into_iter()
+        .map(|(display, path)| Ok((display.clone(), read_limited(&path, &display)?)))
+        .collect()
 }
 
 fn walk_yaml(

@@ -265,14 +265,7 @@ fn role(ctx: &Ctx, on: &Spanned<String>) -> R<Role> {
 
 /// v1 operations need a v1 case, the v2 state machine a v2 case.
 fn check_protocol(ctx: &Ctx, op: &Op, at: &Location) -> R<()> {
-    let v1_only = matches!(
-        op,
-        Op::ReadField { .. }
-            | Op::WriteField { .. }
-            | Op::V1Save { .. }
-            | Op::V1Resume { .. }
-            | Op::V1Freeze { .. }
-    );
+    let v1_only = op.is_v1();
     let v2_only = matches!(
         op,
         Op::GetState
