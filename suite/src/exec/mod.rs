@@ -9,6 +9,8 @@
 mod caps;
 mod logging;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 mod v1;
 mod v2;
 mod walk;
@@ -207,6 +209,8 @@ pub(crate) struct Exec<'a, 'd> {
     bindings: Vec<(String, u32)>,
     checks: Vec<CheckAgg>,
     check_index: HashMap<String, usize>,
+    /// Scratch space for looking up a check's name without allocating.
+    check_name: String,
     /// The reused data buffer (never zero-filled after allocation).
     pub buf: Vec<u8>,
     /// Any MUST/SHOULD check failed so far.
@@ -328,6 +332,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             bindings: Vec::new(),
             checks: Vec::new(),
             check_index: HashMap::new(),
+            check_name: String::new(),
             buf: vec![0u8; opts.buffer_size.max(4096)],
             failed: false,
         }
@@ -361,6 +366,16 @@ impl<'a, 'd> Exec<'a, 'd> {
             };
         }
         Ok(())
+    }
+
+    /// Makes the data buffer at least `len` bytes. A larger buffer is a
+    /// fresh zeroed allocation, not a grown and zero-filled one: its pages
+    /// are the kernel's zero pages until data lands in them, so a huge
+    /// chunk over a small stream costs neither time nor memory.
+    pub fn reserve_buf(&mut self, len: usize) {
+        if self.buf.len() < len {
+            self.buf = vec![0u8; len];
+        }
     }
 
     pub fn role(&mut self, role: Role) -> Result<&mut RoleCtx<'d>, Abort> {
@@ -445,12 +460,11 @@ impl<'a, 'd> Exec<'a, 'd> {
     /// Records a check; the same name seen again (in a loop) is merged
     /// into one record that fails if any run failed.
     pub fn check(&mut self, key: &StepKey, c: Check) {
-        let name = key.name(c.kind);
         let verdict = if c.pass { Verdict::Pass } else { Verdict::Fail };
         if !c.pass && matches!(c.strength, Strength::Must | Strength::Should) {
             self.failed = true;
         }
-        if let Some(&i) = self.check_index.get(&name) {
+        if let Some(i) = self.check_slot(key, c.kind) {
             let agg = &mut self.checks[i];
             agg.runs += 1;
             if !c.pass {
@@ -464,6 +478,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             }
             return;
         }
+        let name = key.name(c.kind);
         let record = CheckRecord {
             name: name.clone(),
             ids: c.ids,
@@ -481,6 +496,36 @@ impl<'a, 'd> Exec<'a, 'd> {
             runs: 1,
             failures: u64::from(!c.pass),
         });
+    }
+
+    /// [`Exec::check`] for checks that loops repeat: `build` makes the
+    /// texts only when they are recorded (a first run, a failure), not for
+    /// every passing repeat. `kind` and `pass` are those `build` returns.
+    pub fn check_lazy<'s>(
+        &mut self,
+        key: &StepKey,
+        kind: &str,
+        pass: bool,
+        build: impl FnOnce() -> Check<'s>,
+    ) {
+        if pass {
+            if let Some(i) = self.check_slot(key, kind) {
+                self.checks[i].runs += 1;
+                return;
+            }
+        }
+        let c = build();
+        debug_assert!(c.kind == kind && c.pass == pass);
+        self.check(key, c);
+    }
+
+    /// Where the check `kind` of `key` is aggregated, if it ran before.
+    fn check_slot(&mut self, key: &StepKey, kind: &str) -> Option<usize> {
+        self.check_name.clear();
+        self.check_name.push_str(&key.prefix);
+        self.check_name.push('-');
+        self.check_name.push_str(kind);
+        self.check_index.get(self.check_name.as_str()).copied()
     }
 
     /// A check that could not apply on this device, with why.

@@ -16,7 +16,9 @@ pub struct StreamBuf {
     mem: Vec<u8>,
     file: Option<File>,
     len: u64,
-    chunks: Vec<u64>,
+    /// (size, how many in a row): a device that returns 4 KiB per read
+    /// still makes one entry, not one per read.
+    chunks: Vec<(u64, u64)>,
     spill_at: u64,
 }
 
@@ -40,8 +42,10 @@ impl StreamBuf {
     }
 
     /// The sizes of the reads (or v1 iterations) that produced the stream.
-    pub fn chunks(&self) -> &[u64] {
-        &self.chunks
+    pub fn chunks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.chunks
+            .iter()
+            .flat_map(|&(size, count)| std::iter::repeat_n(size, count as usize))
     }
 
     pub fn append(&mut self, data: &[u8], temp_dir: &Path) -> io::Result<()> {
@@ -58,8 +62,12 @@ impl StreamBuf {
             Some(f) => f.write_all(data)?,
             None => self.mem.extend_from_slice(data),
         }
-        self.len += data.len() as u64;
-        self.chunks.push(data.len() as u64);
+        let size = data.len() as u64;
+        self.len += size;
+        match self.chunks.last_mut() {
+            Some((last, count)) if *last == size => *count += 1,
+            _ => self.chunks.push((size, 1)),
+        }
         Ok(())
     }
 
@@ -97,8 +105,11 @@ impl StreamBuf {
             let na = read_full(&mut ra, &mut ba)?;
             let nb = read_full(&mut rb, &mut bb)?;
             let n = na.min(nb);
-            if let Some(i) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y) {
-                return Ok(Some(offset + i as u64));
+            // Equal blocks (the common case) are compared as slices, which
+            // is a memcmp; only a differing block is searched byte by byte.
+            if ba[..n] != bb[..n] {
+                let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y);
+                return Ok(Some(offset + i.unwrap_or(n) as u64));
             }
             offset += n as u64;
             if na != nb || n == 0 {
@@ -161,6 +172,25 @@ pub struct StreamReader<'a> {
     corrupt: Vec<u64>,
 }
 
+impl StreamReader<'_> {
+    /// The next `buf.len()` bytes (fewer only at the end): where they lie
+    /// when the stream is in memory and unaltered there, else copied into
+    /// `buf`.
+    pub fn next_chunk<'r>(&'r mut self, buf: &'r mut [u8]) -> io::Result<&'r [u8]> {
+        let want = (buf.len() as u64).min(self.end.saturating_sub(self.pos));
+        let (from, to) = (self.pos, self.pos + want);
+        if let Source::Mem(m) = &self.source {
+            let m: &[u8] = m;
+            if to <= self.source_len && !self.corrupt.iter().any(|&c| c >= from && c < to) {
+                self.pos = to;
+                return Ok(&m[from as usize..to as usize]);
+            }
+        }
+        let n = read_full(self, &mut buf[..want as usize])?;
+        Ok(&buf[..n])
+    }
+}
+
 impl Read for StreamReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.end {
@@ -216,10 +246,20 @@ mod tests {
         assert!(b.file.is_some());
         assert!(b.mem.is_empty());
         assert_eq!(b.len(), 10);
-        assert_eq!(b.chunks(), &[3, 5, 2]);
+        assert_eq!(b.chunks().collect::<Vec<_>>(), [3, 5, 2]);
         assert_eq!(all(&mut b, &Mutation::default()), b"abcdefghij");
         // A second reader starts over.
         assert_eq!(all(&mut b, &Mutation::default()), b"abcdefghij");
+    }
+
+    #[test]
+    fn chunk_sizes_are_kept_as_runs() {
+        let mut b = StreamBuf::new(1 << 20);
+        for part in [&[1u8; 4][..], &[2; 4], &[3; 4], &[4; 2], &[5; 4]] {
+            b.append(part, &std::env::temp_dir()).unwrap();
+        }
+        assert_eq!(b.chunks, [(4, 3), (2, 1), (4, 1)]);
+        assert_eq!(b.chunks().collect::<Vec<_>>(), [4, 4, 4, 2, 4]);
     }
 
     #[test]
@@ -238,6 +278,40 @@ mod tests {
                 extra: 3,
             };
             assert_eq!(all(&mut b, &m), b"abcdef\xa5\xa5\xa5");
+        }
+    }
+
+    #[test]
+    fn chunks_come_from_memory_or_through_the_buffer() {
+        for spill in [4, 1 << 20] {
+            let mut b = filled(spill, &[b"abcdefgh"]);
+            let m = Mutation {
+                truncate: 1,
+                corrupt: vec![5],
+                extra: 2,
+            };
+            let mut r = b.reader(&m).unwrap();
+            let mut buf = [0u8; 3];
+            let at = buf.as_ptr();
+            let mut got = Vec::new();
+            loop {
+                let chunk = r.next_chunk(&mut buf).unwrap();
+                if chunk.is_empty() {
+                    break;
+                }
+                // In memory, an unaltered chunk is not copied.
+                let copied = chunk.as_ptr() == at;
+                got.push((chunk.to_vec(), copied));
+            }
+            let in_memory = spill > 8;
+            assert_eq!(
+                got,
+                [
+                    (b"abc".to_vec(), !in_memory),
+                    (vec![b'd', b'e', b'f' ^ 0xff], true),
+                    (vec![b'g', 0xa5, 0xa5], true),
+                ]
+            );
         }
     }
 

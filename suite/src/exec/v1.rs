@@ -679,11 +679,11 @@ impl Exec<'_, '_> {
             if got == 0 {
                 return Err(Errno::EIO);
             }
-            let temp = self.opts.temp_dir.clone();
+            let temp = &self.opts.temp_dir;
             self.buffers
                 .get_mut(into)
                 .expect("created by caller")
-                .append(&self.buf[..got], &temp)
+                .append(&self.buf[..got], temp)
                 .map_err(|_| Errno::EIO)?;
             done += got as u64;
         }
@@ -1184,7 +1184,7 @@ fn chunk_sizes(stream: &StreamBuf, chunk: &V1Chunking, m: &Mutation) -> Vec<u64>
     };
     match chunk {
         V1Chunking::Source => {
-            for &c in stream.chunks() {
+            for c in stream.chunks() {
                 push(c, &mut left);
             }
             push(left, &mut left);

@@ -334,7 +334,7 @@ impl Exec<'_, '_> {
         self.record(
             role,
             "SET MIG_DEVICE_STATE",
-            args.clone(),
+            args,
             step_return(&got),
             after,
             0,
@@ -373,33 +373,27 @@ impl Exec<'_, '_> {
                 ),
             ),
             None => {
-                let (id, pass, expected) = match &model {
-                    Expectation::NoOp => (
-                        "V2-FSM-06",
-                        r.result.is_ok(),
-                        "success (already there)".to_string(),
-                    ),
-                    Expectation::Moves { path, .. } => (
-                        "V2-FSM-07",
-                        r.result.is_ok(),
-                        format!(
+                let (id, pass) = match &model {
+                    Expectation::NoOp => ("V2-FSM-06", r.result.is_ok()),
+                    Expectation::Moves { .. } => ("V2-FSM-07", r.result.is_ok()),
+                    Expectation::Refused(why) => {
+                        (why.requirement(), r.result == Err(Errno::EINVAL))
+                    }
+                };
+                self.check_lazy(key, "result", pass, || {
+                    let expected = match &model {
+                        Expectation::NoOp => "success (already there)".to_string(),
+                        Expectation::Moves { path, .. } => format!(
                             "success via {}",
                             path.iter()
                                 .map(|s| s.name())
                                 .collect::<Vec<_>>()
                                 .join(" -> ")
                         ),
-                    ),
-                    Expectation::Refused(why) => (
-                        why.requirement(),
-                        r.result == Err(Errno::EINVAL),
-                        "EINVAL".to_string(),
-                    ),
-                };
-                self.check(
-                    key,
-                    Check::builtin("result", id, pass, expected, ret_text(&got)),
-                );
+                        Expectation::Refused(_) => "EINVAL".to_string(),
+                    };
+                    Check::builtin("result", id, pass, expected, ret_text(&got))
+                });
             }
         }
 
@@ -416,16 +410,18 @@ impl Exec<'_, '_> {
             };
             if let Some((new, id)) = want_new {
                 let pass = if new { r.data_fd >= 0 } else { r.data_fd == -1 };
-                let expected = if new {
-                    "a new data_fd (>= 0)".to_string()
-                } else {
-                    "data_fd = -1".to_string()
-                };
-                let observed = format!("data_fd = {}", r.data_fd);
-                match id {
-                    Some(id) => {
-                        self.check(key, Check::builtin("data-fd", id, pass, expected, observed))
+                let expected = || {
+                    if new {
+                        "a new data_fd (>= 0)".to_string()
+                    } else {
+                        "data_fd = -1".to_string()
                     }
+                };
+                let observed = || format!("data_fd = {}", r.data_fd);
+                match id {
+                    Some(id) => self.check_lazy(key, "data-fd", pass, || {
+                        Check::builtin("data-fd", id, pass, expected(), observed())
+                    }),
                     None => {
                         let e = expect.expect("explicit data_fd");
                         self.check(
@@ -435,8 +431,8 @@ impl Exec<'_, '_> {
                                 ids: e.ids.clone(),
                                 strength: e.strength,
                                 pass,
-                                expected,
-                                observed,
+                                expected: expected(),
+                                observed: observed(),
                             },
                         );
                     }
@@ -449,8 +445,10 @@ impl Exec<'_, '_> {
             };
             if let Some((want, e)) = want_state {
                 let pass = g_state == Ok(want);
-                let observed = g_state
-                    .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name);
+                let observed = || {
+                    g_state
+                        .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name)
+                };
                 match e {
                     Some(e) => self.check(
                         key,
@@ -460,30 +458,29 @@ impl Exec<'_, '_> {
                             strength: e.strength,
                             pass,
                             expected: state_name(want),
-                            observed,
+                            observed: observed(),
                         },
                     ),
-                    None => self.check(
-                        key,
+                    None => self.check_lazy(key, "state", pass, || {
                         Check::builtin(
                             "state",
                             "V2-FSM-03",
                             pass,
                             format!("GET right after SET reports {}", state_name(want)),
-                            observed,
-                        ),
-                    ),
+                            observed(),
+                        )
+                    }),
                 }
             }
         } else {
             // A failed SET copies back the requested state (V2-FSM-10) and
             // leaves the device at the start, on the path, or in ERROR.
-            self.check(
-                key,
+            let pass = r.device_state == target && r.data_fd == -1;
+            self.check_lazy(key, "copied-back", pass, || {
                 Check::builtin(
                     "copied-back",
                     "V2-FSM-10",
-                    r.device_state == target && r.data_fd == -1,
+                    pass,
                     format!(
                         "device_state = {} and data_fd = -1 in the returned struct",
                         state_name(target)
@@ -493,8 +490,8 @@ impl Exec<'_, '_> {
                         state_name(r.device_state),
                         r.data_fd
                     ),
-                ),
-            );
+                )
+            });
             let (allowed, id): (Vec<MigState>, &str) = match &model {
                 _ if incomplete => (vec![MigState::Resuming, MigState::Error], "V2-RESUME-03"),
                 Expectation::Refused(why) => (vec![cur], why.requirement()),
@@ -506,8 +503,7 @@ impl Exec<'_, '_> {
                 Expectation::NoOp => (vec![cur, MigState::Error], "V2-FSM-10"),
             };
             let pass = g_state.is_ok_and(|s| allowed.iter().any(|a| a.raw() == s));
-            self.check(
-                key,
+            self.check_lazy(key, "state-after-failure", pass, || {
                 Check::builtin(
                     "state-after-failure",
                     id,
@@ -522,8 +518,8 @@ impl Exec<'_, '_> {
                     ),
                     g_state
                         .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name),
-                ),
-            );
+                )
+            });
         }
         self.after_set(role, cur, &model, &r, after, t0)?;
         Ok(SetOutcome {
@@ -1105,10 +1101,8 @@ impl Exec<'_, '_> {
         bound: u64,
         into: Option<&str>,
     ) -> Result<(u64, End, bool), Abort> {
-        let chunk = (chunk as usize).min(self.buf.len().max(chunk as usize));
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
+        let chunk = chunk as usize;
+        self.reserve_buf(chunk);
         if let Some(name) = into {
             self.buffers
                 .entry(name.to_string())
@@ -1151,12 +1145,12 @@ impl Exec<'_, '_> {
                         s.precopy_read += n as u64;
                     }
                     if let Some(name) = into {
-                        let temp = self.opts.temp_dir.clone();
+                        let temp = &self.opts.temp_dir;
                         if let Err(e) = self
                             .buffers
                             .get_mut(name)
                             .expect("created above")
-                            .append(&self.buf[..n], &temp)
+                            .append(&self.buf[..n], temp)
                         {
                             return Err(Abort::Harness(format!("cannot keep the stream: {e}")));
                         }
@@ -1316,9 +1310,7 @@ impl Exec<'_, '_> {
         };
         let fd = self.session_fd(role, kind)?;
         let len = len as usize;
-        if self.buf.len() < len {
-            self.buf.resize(len, 0);
-        }
+        self.reserve_buf(len);
         let op = if write { "pwrite" } else { "pread" };
         let args = format!("fd {fd}, {len} bytes at offset {offset}");
         self.started(role, op, &args, key);
@@ -1359,34 +1351,36 @@ impl Exec<'_, '_> {
         fd: DataFd,
         w: &WriteSpec,
     ) -> Result<(u64, Option<Errno>), Abort> {
-        let chunk = w.chunk as usize;
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
         let mut stream = self
             .buffers
             .remove(&w.from)
             .ok_or_else(|| Abort::Driver(format!("buffer `{}` was never filled", w.from)))?;
+        // No write is longer than the (mutated) stream, whatever the chunk.
+        let total = stream.len().saturating_sub(w.mutation.truncate) + w.mutation.extra;
+        let chunk = usize::try_from(w.chunk.min(total.max(1))).unwrap_or(usize::MAX);
+        self.reserve_buf(chunk);
+        let mut buf = std::mem::take(&mut self.buf);
         let result = (|| {
             let mut reader = stream
                 .reader(&w.mutation)
                 .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
             let mut written = 0u64;
             loop {
-                let n = stream::read_full(&mut reader, &mut self.buf[..chunk])
+                let data = reader
+                    .next_chunk(&mut buf[..chunk])
                     .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
-                if n == 0 {
+                if data.is_empty() {
                     return Ok((written, None));
                 }
                 let mut off = 0;
-                while off < n {
+                while off < data.len() {
                     match self.wait_ready(role, fd, PollFlags::POLLOUT)? {
                         Ok(ev) if ev.is_empty() => return Ok((written, Some(Errno::ETIMEDOUT))),
                         Ok(_) => {}
                         Err(e) => return Ok((written, Some(e))),
                     }
                     let ctx = role_of(&mut self.roles, role)?;
-                    match ctx.dev.data_write(fd, &self.buf[off..n]) {
+                    match ctx.dev.data_write(fd, &data[off..]) {
                         Ok(0) => return Ok((written, Some(Errno::ENOSPC))),
                         Ok(k) => {
                             off += k;
@@ -1398,6 +1392,7 @@ impl Exec<'_, '_> {
                 }
             }
         })();
+        self.buf = buf;
         self.buffers.insert(w.from.clone(), stream);
         if let Ok((_, err)) = &result {
             self.role(role)?.resume_loaded = err.is_none() && w.mutation.is_none();
@@ -1998,9 +1993,7 @@ impl Exec<'_, '_> {
         let src = self.session_fd(role, SessionKind::Saving)?;
         let dst = self.session_fd(to, SessionKind::Resuming)?;
         let chunk = chunk as usize;
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
+        self.reserve_buf(chunk);
         let args = format!("fd {src} on {role} -> fd {dst} on {to}, chunks of {chunk}");
         self.started(role, "pipe", &args, key);
         let t0 = Instant::now();

@@ -129,20 +129,25 @@ fn page_key(seed: u64, index: u64, generation: u64) -> u64 {
     mix64(seed ^ mix64(index.wrapping_mul(GOLDEN) ^ generation.rotate_left(32)))
 }
 
-/// Writes the content of page (seed, index, generation) into `out`, eight
-/// bytes at a time.
-fn fill_page(seed: u64, index: u64, generation: u64, out: &mut [u8]) {
-    let mut x = page_key(seed, index, generation);
-    let mut words = out.chunks_exact_mut(8);
-    for word in &mut words {
-        x = x.wrapping_add(GOLDEN);
-        word.copy_from_slice(&mix64(x).to_le_bytes());
+/// The content of page (seed, index, generation), eight bytes at a time
+/// (a short last word is cut).
+fn page_words(seed: u64, index: u64, generation: u64) -> impl Iterator<Item = [u8; 8]> {
+    let key = page_key(seed, index, generation);
+    (1u64..).map(move |i| mix64(key.wrapping_add(GOLDEN.wrapping_mul(i))).to_le_bytes())
+}
+
+/// Whether `bytes` is the content of page (seed, index, generation),
+/// compared as it is generated (no copy of the page is made).
+fn page_matches(seed: u64, index: u64, generation: u64, bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut expected = page_words(seed, index, generation);
+    let mut diff = 0u64;
+    for (chunk, word) in (&mut words).zip(&mut expected) {
+        let got = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        diff |= got ^ u64::from_le_bytes(word);
     }
-    let tail = words.into_remainder();
-    if !tail.is_empty() {
-        x = x.wrapping_add(GOLDEN);
-        tail.copy_from_slice(&mix64(x).to_le_bytes()[..tail.len()]);
-    }
+    let tail = words.remainder();
+    diff == 0 && expected.next().is_some_and(|w| w[..tail.len()] == *tail)
 }
 
 /// A streaming 64-bit checksum in four independent lanes (fast enough for
@@ -622,13 +627,14 @@ impl Saver {
         self.buf.extend_from_slice(&(len as u32).to_le_bytes());
         self.buf.extend_from_slice(&index.to_le_bytes());
         self.buf.extend_from_slice(&generation.to_le_bytes());
-        self.buf.resize(RECORD_HEADER_LEN + len as usize, 0);
-        fill_page(
-            content.seed,
-            index,
-            generation,
-            &mut self.buf[RECORD_HEADER_LEN..],
-        );
+        // Generated straight into the record (no zero-fill first); a short
+        // last word is cut off after. The buffer has room: pages are
+        // multiples of 8 bytes, and only the last one may be shorter.
+        let len = len as usize;
+        for word in page_words(content.seed, index, generation).take(len.div_ceil(8)) {
+            self.buf.extend_from_slice(&word);
+        }
+        self.buf.truncate(RECORD_HEADER_LEN + len);
         self.hasher.update(&self.buf);
         self.records += 1;
         self.payload_at = RECORD_HEADER_LEN;
@@ -673,9 +679,9 @@ pub struct Loader {
     own: Header,
     checks: Checks,
     stage: Stage,
+    /// A header, record header or page split across writes, gathered.
     buf: Vec<u8>,
     filled: usize,
-    scratch: Vec<u8>,
     hasher: Hasher,
     records: u64,
     seed: u64,
@@ -696,7 +702,6 @@ impl Loader {
             stage: Stage::Header,
             buf: vec![0; page.max(HEADER_LEN)],
             filled: 0,
-            scratch: vec![0; page],
             hasher: Hasher::default(),
             records: 0,
             received: Bitmap::new(pages),
@@ -720,20 +725,31 @@ impl Loader {
             }
             let want = self.stage_len();
             let n = (want - self.filled).min(data.len() - used);
-            let at = if self.checks.honour_offset || used > 0 {
-                self.filled
+            let result = if self.filled == 0 && n == want {
+                // The whole unit is in `data`: check it where it is.
+                used += n;
+                self.complete(&data[used - n..used])
             } else {
-                0
-            };
-            self.buf[at..at + n].copy_from_slice(&data[used..used + n]);
-            self.filled += n;
-            used += n;
-            if self.filled == want {
-                self.filled = 0;
-                if let Err(e) = self.complete() {
-                    self.stage = Stage::Failed;
-                    return Err(e);
+                let at = if self.checks.honour_offset || used > 0 {
+                    self.filled
+                } else {
+                    0
+                };
+                self.buf[at..at + n].copy_from_slice(&data[used..used + n]);
+                self.filled += n;
+                used += n;
+                if self.filled < want {
+                    continue;
                 }
+                self.filled = 0;
+                let buf = std::mem::take(&mut self.buf);
+                let result = self.complete(&buf[..want]);
+                self.buf = buf;
+                result
+            };
+            if let Err(e) = result {
+                self.stage = Stage::Failed;
+                return Err(e);
             }
         }
         Ok(used)
@@ -748,11 +764,12 @@ impl Loader {
         }
     }
 
-    fn complete(&mut self) -> Result<(), Errno> {
+    /// Takes in one whole unit of the current stage.
+    fn complete(&mut self, unit: &[u8]) -> Result<(), Errno> {
         let geometry = self.own.geometry;
         match self.stage {
             Stage::Header => {
-                let header = &self.buf[..HEADER_LEN];
+                let header = unit;
                 self.hasher.update(header);
                 if self.checks.header {
                     self.seed = self.own.accept(header, self.checks.device_type)?;
@@ -760,7 +777,7 @@ impl Loader {
                 self.stage = Stage::Record;
             }
             Stage::Record => {
-                let record = &self.buf[..RECORD_HEADER_LEN];
+                let record = unit;
                 match get_u32(record, 0) {
                     TAG_PAGE => {
                         let index = get_u64(record, 8);
@@ -791,12 +808,10 @@ impl Loader {
                 }
             }
             Stage::Payload { index, generation } => {
-                let len = geometry.page_len(index) as usize;
-                fill_page(self.seed, index, generation, &mut self.scratch[..len]);
-                if self.scratch[..len] != self.buf[..len] {
+                if !page_matches(self.seed, index, generation, unit) {
                     return Err(Errno::EINVAL);
                 }
-                self.hasher.update(&self.buf[..len]);
+                self.hasher.update(unit);
                 self.records += 1;
                 if !self.received.get(index) {
                     self.received.set(index);
@@ -893,15 +908,26 @@ mod tests {
     #[test]
     fn pages_depend_on_seed_index_and_generation() {
         let page = |seed, index, generation| {
-            let mut b = vec![0u8; 100];
-            fill_page(seed, index, generation, &mut b);
-            b
+            let words = page_words(seed, index, generation).take(13);
+            words.flatten().take(100).collect::<Vec<u8>>()
         };
         assert_eq!(page(1, 2, 3), page(1, 2, 3));
         assert_ne!(page(1, 2, 3), page(2, 2, 3));
         assert_ne!(page(1, 2, 3), page(1, 3, 3));
         assert_ne!(page(1, 2, 3), page(1, 2, 4));
         assert_ne!(page(1, 2, 3)[..8], page(1, 2, 3)[8..16]);
+        // The content streams have always had (the stream format).
+        assert_eq!(page(1, 2, 3)[..8], 0x226f_2fe8_f080_447a_u64.to_le_bytes());
+        // A page matches itself, with or without a short last word, and
+        // nothing else.
+        let mut p = page(1, 2, 3);
+        assert!(page_matches(1, 2, 3, &p) && page_matches(1, 2, 3, &p[..96]));
+        assert!(!page_matches(1, 2, 4, &p));
+        p[99] ^= 1;
+        assert!(!page_matches(1, 2, 3, &p));
+        p[99] ^= 1;
+        p[0] ^= 1;
+        assert!(!page_matches(1, 2, 3, &p));
     }
 
     #[test]

@@ -1,0 +1,208 @@
+//! The executor's measurements (latency, transfers, downtime), its data
+//! buffer, and check aggregation, against the simulator.
+
+use super::*;
+use crate::device::open;
+use crate::scenario::load_str;
+use reports::{Direction, Transfer};
+
+fn scenario(steps: &str) -> Scenario {
+    let text = format!("name: t\nabout: t\nrequires: {{ devices: 2 }}\nsteps:\n{steps}");
+    load_str(&text, "t.yaml").unwrap()
+}
+
+/// Runs `steps` on two simulators with `spec`; returns the events.
+fn events(spec: &str, steps: &str, opts: &ExecOptions) -> Vec<Event> {
+    let mut dev = open(spec).unwrap();
+    let mut dst = open(spec).unwrap();
+    let mut out = Vec::new();
+    run(
+        &scenario(steps),
+        Devices {
+            device: dev.as_mut(),
+            destination: Some(dst.as_mut()),
+            incompatible: None,
+        },
+        opts,
+        &mut |e| out.push(e),
+    );
+    out
+}
+
+fn transfers(events: &[Event]) -> Vec<&Transfer> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transfer(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failures(events: &[Event]) -> Vec<&CheckRecord> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Check(c) if c.verdict == Verdict::Fail => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_successful_set_records_its_latency() {
+    let ev = events(
+        "sim",
+        "  - set_state: STOP\n  - set_state: ERROR\n  - set_state: RUNNING\n",
+        &ExecOptions::default(),
+    );
+    let arcs: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Latency { arc, .. } => Some(arc.as_str()),
+            _ => None,
+        })
+        .collect();
+    // The refused SET to ERROR has no latency.
+    assert_eq!(arcs, ["RUNNING>STOP", "STOP>RUNNING"]);
+}
+
+#[test]
+fn saves_and_resumes_record_bytes_and_the_downtime() {
+    let stream_len = 80 + 24 + 16 * (24 + 4096);
+    let ev = events(
+        "sim",
+        "  - set_state: STOP\n  - save: { into: s }\n  - on: destination\n    resume: { from: s }\n",
+        &ExecOptions::default(),
+    );
+    assert!(failures(&ev).is_empty(), "{:?}", failures(&ev));
+    let t = transfers(&ev);
+    assert_eq!(t.len(), 2);
+    assert_eq!(
+        (t[0].direction, t[0].role.as_str()),
+        (Direction::Save, "device")
+    );
+    assert_eq!((t[0].bytes, t[0].chunk), (stream_len, 1 << 20));
+    // From RUNNING -> STOP to the end of the stream: more than the read.
+    let downtime = t[0]
+        .downtime_ns
+        .expect("a save from RUNNING has a downtime");
+    assert!(downtime >= t[0].duration_ns);
+    assert_eq!(
+        (t[1].direction, t[1].role.as_str(), t[1].bytes),
+        (Direction::Resume, "destination", stream_len)
+    );
+    assert_eq!(t[1].downtime_ns, None);
+}
+
+#[test]
+fn precopy_downtime_starts_when_the_device_stops() {
+    let ev = events(
+        "sim:precopy=8KiB",
+        "  - set_state: PRE_COPY
+  - read: { until: end_of_precopy }
+  - sleep: 20ms
+  - set_state: STOP_COPY
+  - read: { until: eof }
+",
+        &ExecOptions::default(),
+    );
+    let t = transfers(&ev);
+    assert_eq!(t.len(), 1, "only the STOP_COPY read is a transfer");
+    let downtime = t[0].downtime_ns.unwrap();
+    // PRE_COPY runs: the 20 ms before STOP_COPY are not downtime.
+    assert!(
+        downtime >= t[0].duration_ns && downtime < 20_000_000,
+        "{downtime}"
+    );
+}
+
+#[test]
+fn the_data_buffer_is_allocated_once_and_never_grown_past_the_stream() {
+    let sc = scenario(
+        "  - set_state: STOP
+  - save: { into: s, chunk: 4KiB }
+  - on: destination
+    resume: { from: s, chunk: 1GiB }
+",
+    );
+    let opts = ExecOptions {
+        buffer_size: 4096,
+        ..ExecOptions::default()
+    };
+    let mut dev = open("sim").unwrap();
+    let mut dst = open("sim").unwrap();
+    let mut sink = |_| {};
+    let mut exec = Exec::new(
+        Protocol::V2,
+        Devices {
+            device: dev.as_mut(),
+            destination: Some(dst.as_mut()),
+            incompatible: None,
+        },
+        &opts,
+        &mut sink,
+        Instant::now(),
+        1,
+    );
+    exec.prepare().unwrap();
+    let at = exec.buf.as_ptr();
+    // A 66 KiB stream in 4 KiB reads: the buffer is reused, not replaced.
+    exec.steps(&sc.steps[..2], &mut Vec::new()).unwrap();
+    assert_eq!((exec.buf.as_ptr(), exec.buf.len()), (at, 4096));
+    assert_eq!(exec.buffers["s"].len(), 80 + 24 + 16 * (24 + 4096));
+    // A 1 GiB chunk over that stream needs no more than the stream.
+    exec.steps(&sc.steps[2..], &mut Vec::new()).unwrap();
+    assert_eq!(exec.buf.len() as u64, exec.buffers["s"].len());
+    assert!(!exec.failed);
+}
+
+#[test]
+fn repeated_checks_merge_and_keep_the_first_failure() {
+    let opts = ExecOptions::default();
+    let mut dev = open("sim").unwrap();
+    let mut out = Vec::new();
+    let mut sink = |e| out.push(e);
+    let mut exec = Exec::new(
+        Protocol::V2,
+        Devices {
+            device: dev.as_mut(),
+            destination: None,
+            incompatible: None,
+        },
+        &opts,
+        &mut sink,
+        Instant::now(),
+        1,
+    );
+    let key = StepKey {
+        prefix: "walk".into(),
+        loc: None,
+    };
+    let check = |pass: bool, observed: &str| {
+        Check::builtin("state", "V2-FSM-03", pass, "STOP".into(), observed.into())
+    };
+    exec.check_lazy(&key, "state", true, || check(true, "STOP"));
+    // A passing repeat builds nothing.
+    exec.check_lazy(&key, "state", true, || unreachable!("no texts for a pass"));
+    exec.check_lazy(&key, "state", false, || check(false, "RUNNING"));
+    exec.check(&key, check(false, "ERROR"));
+    exec.check_lazy(&key, "state", true, || unreachable!("no texts for a pass"));
+    assert!(exec.failed);
+    exec.finish();
+    let records: Vec<(Verdict, String)> = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Check(c) => Some((c.verdict, c.observed.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        records,
+        [
+            (Verdict::Pass, "STOP".to_string()),
+            (Verdict::Fail, "RUNNING".to_string()),
+            (Verdict::Fail, "RUNNING (failed 2 of 5 times)".to_string()),
+        ]
+    );
+}
