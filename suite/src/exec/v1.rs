@@ -541,6 +541,14 @@ impl Exec<'_, '_> {
             if iterations >= bound {
                 break false;
             }
+            // A stream that never ends is a V1-SAVE-04 failure at the case
+            // deadline, not a case that overruns it.
+            if self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
+                failure = Some(format!(
+                    "pending_bytes still {pending} after {iterations} iterations when the case deadline came"
+                ));
+                break false;
+            }
             let data_offset = self.read_named(role, "data_offset", key)?;
             let data_size = self.read_named(role, "data_size", key)?;
             let (Ok(data_offset), Ok(data_size)) = (data_offset, data_size) else {
@@ -1222,6 +1230,46 @@ fn read_exact_or_short(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reports::{CaseFold, CaseResult, Verdict};
+
+    #[test]
+    fn a_drain_that_never_ends_fails_at_the_case_deadline() {
+        let (file, text) = crate::catalogue::builtin()
+            .iter()
+            .find(|(f, _)| f.ends_with("v1-stop-and-copy.yaml"))
+            .unwrap();
+        let scenario = crate::scenario::load_str(text, file).unwrap();
+        let mut dev = crate::device::open("sim:fault=v1-pending-never-zero").unwrap();
+        let opts = ExecOptions {
+            deadline: Some(Instant::now() + Duration::from_millis(300)),
+            ..ExecOptions::default()
+        };
+        let mut fold = CaseFold::new(CaseResult::new("c", file, "v1"));
+        let t0 = Instant::now();
+        run(
+            &scenario,
+            Devices {
+                device: dev.as_mut(),
+                destination: None,
+                incompatible: None,
+            },
+            &opts,
+            &mut |e| fold.apply(e),
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let r = fold.finish(false);
+        let drains = r
+            .checks
+            .iter()
+            .find(|c| c.name.ends_with("drains"))
+            .unwrap();
+        assert_eq!(drains.verdict, Verdict::Fail);
+        assert!(
+            drains.observed.contains("when the case deadline came"),
+            "{}",
+            drains.observed
+        );
+    }
 
     #[test]
     fn replayed_chunks_follow_the_source_and_the_mutation() {
