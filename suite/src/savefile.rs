@@ -115,16 +115,29 @@ impl SaveHeader {
     /// length (where the stream starts).
     pub fn read_from(r: &mut impl Read) -> Result<(SaveHeader, u64), SaveFileError> {
         let mut fixed = [0u8; FIXED_LEN];
-        read_exact_or(r, &mut fixed, "shorter than a header")?;
-        if fixed[0..8] != MAGIC {
+        let mut got = 0;
+        while got < FIXED_LEN {
+            match r.read(&mut fixed[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if got < MAGIC.len() || fixed[0..8] != MAGIC {
             return Err(SaveFileError::NotASaveFile);
+        }
+        if got < FIXED_LEN {
+            return Err(SaveFileError::Damaged(
+                "the file is shorter than a header".into(),
+            ));
         }
         let version = get_u32(&fixed, 8);
         if version != VERSION {
             return Err(SaveFileError::Version(version));
         }
         let len = get_u32(&fixed, 12) as usize;
-        if !(FIXED_LEN..=MAX_HEADER_LEN).contains(&len) || len % 8 != 0 {
+        if !(FIXED_LEN..=MAX_HEADER_LEN).contains(&len) || len & 7 != 0 {
             return Err(SaveFileError::Damaged(format!(
                 "header length {len} is impossible"
             )));
@@ -423,7 +436,9 @@ mod tests {
     fn damaged_headers_are_refused() {
         let good = header().encode().unwrap();
         let read = |b: &[u8]| SaveHeader::read_from(&mut &b[..]).unwrap_err().to_string();
-        assert!(read(b"#!/bin/sh\n").contains("shorter than a header"));
+        assert!(read(b"#!/bin/sh\n").contains("not a vfio-migtest save file"));
+        assert!(read(b"").contains("not a vfio-migtest save file"));
+        assert!(read(&good[..20]).contains("shorter than a header"));
         let mut b = good.clone();
         b[0] = b'X';
         assert!(read(&b).contains("not a vfio-migtest save file"));
