@@ -1367,14 +1367,17 @@ impl Exec<'_, '_> {
         fd: DataFd,
         w: &WriteSpec,
     ) -> Result<(u64, Option<Errno>), Abort> {
-        let chunk = w.chunk as usize;
-        if self.buf.len() < chunk {
-            self.buf.resize(chunk, 0);
-        }
         let mut stream = self
             .buffers
             .remove(&w.from)
             .ok_or_else(|| Abort::Driver(format!("buffer `{}` was never filled", w.from)))?;
+        // A chunk past the end of the stream writes it in one piece: the
+        // buffer never needs to be larger than the stream (`chunk: 1GiB`).
+        let len = stream.len().saturating_sub(w.mutation.truncate) + w.mutation.extra;
+        let chunk = usize::try_from(w.chunk.min(len.max(1))).unwrap_or(usize::MAX);
+        if self.buf.len() < chunk {
+            self.buf.resize(chunk, 0);
+        }
         let result = (|| {
             let mut reader = stream
                 .reader(&w.mutation)
