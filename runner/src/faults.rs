@@ -237,16 +237,15 @@ fn select(names: &[String]) -> Result<Vec<&'static FaultInfo>> {
 }
 
 /// Runs `f` on every item, `threads` at a time, stopping early on a signal;
-/// `done` sees each result as it arrives (under a lock, in completion order).
+/// `done` gets each result as it arrives (under a lock, in completion order).
 fn parallel<T: Sync, R: Send>(
     threads: usize,
     items: &[T],
     f: impl Fn(&T) -> R + Sync,
-    done: impl FnMut(usize, &R) + Send,
-) -> Vec<Option<R>> {
+    done: impl FnMut(usize, R) + Send,
+) {
     let next = AtomicUsize::new(0);
-    let out: Mutex<(Vec<Option<R>>, _)> =
-        Mutex::new(((0..items.len()).map(|_| None).collect(), done));
+    let done = Mutex::new(done);
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1).min(items.len().max(1)) {
             scope.spawn(|| loop {
@@ -256,14 +255,10 @@ fn parallel<T: Sync, R: Send>(
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(item) = items.get(i) else { return };
                 let r = f(item);
-                let mut guard = out.lock().unwrap_or_else(|p| p.into_inner());
-                let (results, done) = &mut *guard;
-                done(i, &r);
-                results[i] = Some(r);
+                (done.lock().unwrap_or_else(|p| p.into_inner()))(i, r);
             });
         }
     });
-    out.into_inner().unwrap_or_else(|p| p.into_inner()).0
 }
 
 /// The probed capabilities of a target: device and incompatible peer.
@@ -319,7 +314,29 @@ fn run_one(
         },
     };
     let timeout = s.timeout.unwrap_or(timeout_cap).min(timeout_cap);
-    case::run_case(h, s, &case.text, &specs, timeout).result
+    let mut r = case::run_case(h, s, &case.text, &specs, timeout).result;
+    // The score needs outcomes, checks and latencies; a long v1 drain
+    // records a hundred thousand iterations.
+    r.steps = Vec::new();
+    r.v1_iterations = Vec::new();
+    r
+}
+
+/// A finished target.
+#[derive(Debug, Clone)]
+enum Scored {
+    Clean(CleanScore),
+    Fault(FaultScore),
+}
+
+/// Scores a target from its (case index, result) pairs.
+fn score_target(t: &Target, mut results: Vec<(usize, CaseResult)>) -> Scored {
+    results.sort_by_key(|(c, _)| *c);
+    let results: Vec<CaseResult> = results.into_iter().map(|(_, r)| r).collect();
+    match t.fault {
+        Some(info) => Scored::Fault(score(info, &results)),
+        None => Scored::Clean(clean_score(&results)),
+    }
 }
 
 /// The table's columns: fault, requirement, expected, detected, by.
@@ -423,50 +440,61 @@ pub fn faults(args: &FaultsArgs) -> Result<i32> {
         println!("{}", table.header());
     }
 
-    let caps = parallel(threads, &targets, |t| probe_target(&h, t), |_, _| {});
+    let mut caps: Vec<Option<TargetCaps>> = vec![None; targets.len()];
+    parallel(
+        threads,
+        &targets,
+        |t| probe_target(&h, t),
+        |i, c| caps[i] = Some(c),
+    );
     let jobs: Vec<(usize, usize)> = (0..targets.len())
         .flat_map(|t| (0..cases.len()).map(move |c| (t, c)))
         .collect();
-    // Rows are printed in catalogue order as soon as a fault's cases are done.
+    // A target is scored as soon as its cases are done and its results
+    // dropped; rows are printed in catalogue order.
+    let mut partial: Vec<Vec<(usize, CaseResult)>> = vec![Vec::new(); targets.len()];
     let mut left: Vec<usize> = vec![cases.len(); targets.len()];
-    let mut partial: Vec<Vec<Option<CaseResult>>> = vec![vec![None; cases.len()]; targets.len()];
-    let mut printed = 1;
-    let results = parallel(
+    let mut scored: Vec<Option<Scored>> = vec![None; targets.len()];
+    let mut printed = 0;
+    parallel(
         threads,
         &jobs,
         |&(t, c)| {
-            let Some(Some(tc)) = caps.get(t) else {
-                return None;
-            };
+            let tc = caps[t].as_ref()?;
             Some(run_one(&h, &targets[t], tc, &cases[c], args.case_timeout))
         },
         |i, r| {
             let (t, c) = jobs[i];
-            partial[t][c] = r.clone();
+            if let Some(r) = r {
+                partial[t].push((c, r));
+            }
             left[t] -= 1;
-            while !args.json && printed < targets.len() && left[printed] == 0 {
-                let done: Vec<CaseResult> = partial[printed].iter().flatten().cloned().collect();
-                if let Some(info) = targets[printed].fault {
-                    println!("{}", table.row(&score(info, &done)));
+            if left[t] == 0 {
+                scored[t] = Some(score_target(&targets[t], std::mem::take(&mut partial[t])));
+            }
+            while let Some(Some(done)) = scored.get(printed) {
+                if let (Scored::Fault(f), false) = (done, args.json) {
+                    println!("{}", table.row(f));
                 }
                 printed += 1;
             }
         },
     );
     let interrupted = signals::received();
-
-    let mut by_target: Vec<Vec<CaseResult>> = vec![Vec::new(); targets.len()];
-    for (i, r) in results.into_iter().enumerate() {
-        if let Some(Some(r)) = r {
-            by_target[jobs[i].0].push(r);
+    // After a signal, the targets that did not finish count what ran.
+    for (t, slot) in scored.iter_mut().enumerate() {
+        if slot.is_none() {
+            *slot = Some(score_target(&targets[t], std::mem::take(&mut partial[t])));
         }
     }
-    let clean = clean_score(&by_target[0]);
-    let scores: Vec<FaultScore> = targets
-        .iter()
-        .zip(&by_target)
-        .filter_map(|(t, r)| t.fault.map(|f| score(f, r)))
-        .collect();
+    let mut clean = CleanScore::default();
+    let mut scores = Vec::new();
+    for s in scored.into_iter().flatten() {
+        match s {
+            Scored::Clean(c) => clean = c,
+            Scored::Fault(f) => scores.push(f),
+        }
+    }
     let detected = scores.iter().filter(|s| s.detected).count();
     let (covered, total_reqs, uncovered) = coverage(&cases);
     let report = FaultsReport {
@@ -668,11 +696,10 @@ mod tests {
     }
 
     #[test]
-    fn parallel_keeps_the_order_of_its_items() {
+    fn parallel_hands_every_result_over_with_its_index() {
         let mut seen = Vec::new();
-        let out = parallel(3, &[1, 2, 3, 4, 5], |x| x * 10, |i, r| seen.push((i, *r)));
-        assert_eq!(out, [Some(10), Some(20), Some(30), Some(40), Some(50)]);
+        parallel(3, &[1, 2, 3, 4, 5], |x| x * 10, |i, r| seen.push((i, r)));
         seen.sort_unstable();
-        assert_eq!(seen.len(), 5);
+        assert_eq!(seen, [(0, 10), (1, 20), (2, 30), (3, 40), (4, 50)]);
     }
 }
