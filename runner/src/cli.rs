@@ -90,8 +90,24 @@ pub enum Command {
     /// Write the man pages or shell completions (for packagers).
     #[command(name = "__generate", hide = true)]
     Generate(GenerateArgs),
+    /// List the VFIO devices of this host (or the given ones) and what each
+    /// supports.
+    #[command(name = "probe")]
+    ProbeDevices(crate::probe::ProbeCmd),
+    /// Save a device's migration state to a file: STOP, STOP_COPY, the
+    /// stream to its end, STOP.
+    Save(crate::transfer::SaveArgs),
+    /// Load a saved migration state into a device: STOP, RESUMING, the
+    /// stream, STOP.
+    Resume(crate::transfer::ResumeArgs),
+    /// Score the cases against every fault of the simulator's catalogue.
+    Faults(crate::faults::FaultsArgs),
     #[command(name = "__probe", hide = true)]
     Probe(ProbeArgs),
+    #[command(name = "__save", hide = true)]
+    SaveChild(crate::transfer::SaveArgs),
+    #[command(name = "__resume", hide = true)]
+    ResumeChild(crate::transfer::ResumeArgs),
     #[command(name = "__case", hide = true)]
     Case(CaseArgs),
     #[command(name = "__restore", hide = true)]

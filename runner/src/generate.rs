@@ -81,9 +81,13 @@ mod tests {
         assert_eq!(
             names(&written),
             [
+                "vfio-migtest-faults.1",
                 "vfio-migtest-list.1",
+                "vfio-migtest-probe.1",
                 "vfio-migtest-report.1",
+                "vfio-migtest-resume.1",
                 "vfio-migtest-run.1",
+                "vfio-migtest-save.1",
                 "vfio-migtest-validate.1",
                 "vfio-migtest.1"
             ]

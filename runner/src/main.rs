@@ -7,15 +7,18 @@ mod cases;
 mod child;
 mod cli;
 mod expect;
+mod faults;
 mod generate;
 mod kmsg;
 mod output;
+mod probe;
 mod progress;
 mod protocol;
 mod render;
 mod run;
 mod signals;
 mod supervise;
+mod transfer;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -92,7 +95,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Some(Command::ProbeDevices(a)) => probe::probe(&a),
+        Some(Command::Save(a)) => transfer::save(&a),
+        Some(Command::Resume(a)) => transfer::resume(&a),
+        Some(Command::Faults(a)) => faults::faults(&a),
         Some(Command::Probe(a)) => Ok(child::probe(&a)),
+        Some(Command::SaveChild(a)) => Ok(transfer::save_child(&a)),
+        Some(Command::ResumeChild(a)) => Ok(transfer::resume_child(&a)),
         Some(Command::Case(a)) => Ok(child::case(&a)),
         Some(Command::Restore(a)) => Ok(child::restore(&a)),
     }

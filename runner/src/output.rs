@@ -101,18 +101,7 @@ pub fn read_journal(text: &str, name: &str) -> Result<RunResults> {
 /// directory, synced before the rename: readers see the old file or the
 /// whole new one.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{}: not a file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = temp_path(path)?;
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(contents)?;
@@ -123,6 +112,24 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The temporary file `path` is written to before the rename: in the same
+/// directory (a rename across file systems is not atomic), hidden, named
+/// after this process.
+pub fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{}: not a file name", path.display())))?;
+    Ok(dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
 }
 
 #[cfg(test)]

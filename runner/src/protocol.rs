@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 
 use reports::Event;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use suite::device::DeviceDescription;
 use suite::exec::DeviceCaps;
@@ -28,23 +29,33 @@ pub enum ChildLine {
 
 impl ChildLine {
     pub fn parse(line: &str) -> Result<ChildLine, String> {
-        serde_json::from_str(line).map_err(|e| {
-            let mut shown: String = line.chars().take(200).collect();
-            if shown.len() < line.len() {
-                shown.push_str("...");
-            }
-            format!("unreadable line from the child process ({e}): {shown}")
-        })
+        parse_line(line)
     }
 
     /// Writes the line to stdout and flushes it.
     pub fn emit(&self) -> io::Result<()> {
-        let mut text = serde_json::to_string(self).map_err(io::Error::other)?;
-        text.push('\n');
-        let mut out = io::stdout().lock();
-        out.write_all(text.as_bytes())?;
-        out.flush()
+        emit_line(self)
     }
+}
+
+/// Parses one line of a child's stdout (of any child line type).
+pub fn parse_line<T: DeserializeOwned>(line: &str) -> Result<T, String> {
+    serde_json::from_str(line).map_err(|e| {
+        let mut shown: String = line.chars().take(200).collect();
+        if shown.len() < line.len() {
+            shown.push_str("...");
+        }
+        format!("unreadable line from the child process ({e}): {shown}")
+    })
+}
+
+/// Writes one line to stdout as JSON and flushes it.
+pub fn emit_line<T: Serialize>(line: &T) -> io::Result<()> {
+    let mut text = serde_json::to_string(line).map_err(io::Error::other)?;
+    text.push('\n');
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ fn destination_for(args: &RunArgs, spec: &str) -> Option<String> {
 }
 
 /// The simulator options of a `sim` spec, when they parse.
-fn sim_config(spec: &str) -> Option<SimConfig> {
+pub(crate) fn sim_config(spec: &str) -> Option<SimConfig> {
     match DeviceSpec::parse(spec) {
         Ok(DeviceSpec::Sim(options)) => SimConfig::parse(&options).ok(),
         _ => None,
@@ -109,17 +109,20 @@ fn sim_config(spec: &str) -> Option<SimConfig> {
 /// The device of another type for `spec`'s incompatible-stream cases: for
 /// the simulator, the same options with another `type=` (the last wins).
 fn incompatible_for(args: &RunArgs, spec: &str) -> Option<String> {
-    args.incompatible.clone().or_else(|| {
-        is_sim(spec).then(|| {
-            let other = match sim_config(spec) {
-                Some(c) if c.device_type() == "sim-b" => "sim-a",
-                _ => "sim-b",
-            };
-            match spec.strip_prefix("sim:") {
-                Some(options) => format!("sim:{options},type={other}"),
-                None => format!("sim:type={other}"),
-            }
-        })
+    args.incompatible.clone().or_else(|| incompatible_sim(spec))
+}
+
+/// For a simulator spec, the same simulator with another `type=`.
+pub(crate) fn incompatible_sim(spec: &str) -> Option<String> {
+    is_sim(spec).then(|| {
+        let other = match sim_config(spec) {
+            Some(c) if c.device_type() == "sim-b" => "sim-a",
+            _ => "sim-b",
+        };
+        match spec.strip_prefix("sim:") {
+            Some(options) => format!("sim:{options},type={other}"),
+            None => format!("sim:type={other}"),
+        }
     })
 }
 
@@ -360,7 +363,7 @@ fn failure_text(r: &CaseResult, strict: bool) -> String {
     out
 }
 
-fn read_trimmed(path: &str) -> String {
+pub(crate) fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

@@ -7,5 +7,6 @@ pub mod device;
 pub mod exec;
 pub mod model;
 pub mod requirements;
+pub mod savefile;
 pub mod scenario;
 pub mod uapi;

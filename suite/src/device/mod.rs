@@ -294,6 +294,17 @@ pub trait DeviceExt: Device {
         Err(Errno::EPROTO)
     }
 
+    /// The PCI vendor and device ID at the start of config space (region
+    /// index 7), read through the region path. A short read is EIO.
+    fn pci_config_ids(&mut self) -> Result<(u16, u16), Errno> {
+        let region = self.region_info(VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let mut b = [0u8; 4];
+        if self.region_read(region.info.offset, &mut b)? != b.len() {
+            return Err(Errno::EIO);
+        }
+        Ok((get_u16(&b, 0), get_u16(&b, 2)))
+    }
+
     /// Index and info of the v1 migration region (type 3 / subtype 1), if any.
     fn find_migration_region(&mut self) -> Result<Option<RegionInfo>, Errno> {
         let dev = self.device_info()?;

@@ -24,6 +24,13 @@ pub struct DeviceCaps {
     /// MIG_PRECOPY_INFOv2 (feature 12) answers PROBE.
     pub precopy_info_v2: bool,
     pub state: Option<String>,
+    /// PCI `vendor:device` read from config space through the region path
+    /// (devices with VFIO_DEVICE_FLAGS_PCI).
+    #[serde(default)]
+    pub pci_config_id: Option<String>,
+    /// Why config space could not be read on a PCI device.
+    #[serde(default)]
+    pub pci_config_error: Option<String>,
 }
 
 impl DeviceCaps {
@@ -68,6 +75,15 @@ pub fn probe_caps(dev: &mut dyn Device) -> DeviceCaps {
     }
     if let Ok(Some(region)) = dev.find_migration_region() {
         caps.v1_region = Some((region.info.index, region.info.size));
+    }
+    if dev
+        .device_info()
+        .is_ok_and(|i| i.flags & VFIO_DEVICE_FLAGS_PCI != 0)
+    {
+        match dev.pci_config_ids() {
+            Ok((vendor, device)) => caps.pci_config_id = Some(format!("{vendor:04x}:{device:04x}")),
+            Err(e) => caps.pci_config_error = Some(errno_name(e)),
+        }
     }
     caps
 }
@@ -177,5 +193,28 @@ pub fn restore(dev: &mut dyn Device, protocol: Protocol) -> Result<(), String> {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::open;
+
+    #[test]
+    fn probing_reads_the_pci_identity_through_the_config_region() {
+        let mut dev = open("sim").unwrap();
+        let caps = probe_caps(dev.as_mut());
+        assert_eq!(caps.pci_config_id.as_deref(), Some("1b36:0100"));
+        assert_eq!(caps.pci_config_error, None);
+        assert_eq!(caps.protocols(), ["v1", "v2"]);
+        assert_eq!(caps.state.as_deref(), Some("RUNNING"));
+        // Results written before the field existed still load.
+        let old: DeviceCaps = serde_json::from_str(
+            r#"{"migration_flags":1,"migration_error":null,"v1_region":null,"logging":false,
+                "stop_copy_length":4,"precopy_info_v2":false,"state":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.pci_config_id, None);
     }
 }

@@ -12,7 +12,7 @@ use super::*;
 use crate::device::DeviceExt;
 use crate::model::v1::{expect_write, V1State, V1Write};
 use crate::scenario::{Expect, FieldAccess, FieldValue, Mutation, ResultExpect, V1Chunking};
-use crate::uapi::{self, v1 as f, VFIO_PCI_CONFIG_REGION_INDEX};
+use crate::uapi::{self, v1 as f};
 
 /// Where the migration region sits in the device fd.
 #[derive(Debug, Clone, Copy)]
@@ -527,6 +527,14 @@ impl Exec<'_, '_> {
                 break true;
             }
             if iterations >= bound {
+                break false;
+            }
+            // A stream that never ends is a V1-SAVE-04 failure at the case
+            // deadline, not a case that overruns it.
+            if self.opts.deadline.is_some_and(|d| Instant::now() >= d) {
+                failure = Some(format!(
+                    "pending_bytes still {pending} after {iterations} iterations when the case deadline came"
+                ));
                 break false;
             }
             let data_offset = self.read_named(role, "data_offset", key)?;
@@ -1067,33 +1075,24 @@ impl Exec<'_, '_> {
     /// Reads the PCI vendor and device ID from config space through the
     /// region path and compares them with sysfs where sysfs has them.
     pub(super) fn config_ids(&mut self, role: Role, key: &StepKey) -> Flow {
-        let region = self
-            .role(role)?
-            .dev
-            .region_info(VFIO_PCI_CONFIG_REGION_INDEX)
-            .map_err(|e| {
-                Abort::Harness(format!("config region info failed with {}", errno_name(e)))
-            })?;
         let t0 = Instant::now();
-        let mut b = [0u8; 4];
-        let r = self.role(role)?.dev.region_read(region.info.offset, &mut b);
+        let r = self.role(role)?.dev.pci_config_ids();
         self.record(
             role,
             "pread",
             "config space vendor/device ID".into(),
-            step_return(&r.map(|n| n as i64)),
+            step_return(&r.map(|_| 4)),
             None,
             4,
             t0,
             key,
         );
-        if let Err(e) = r {
-            return Err(Abort::Harness(format!(
+        let ids = r.map_err(|e| {
+            Abort::Harness(format!(
                 "reading config space failed with {}",
                 errno_name(e)
-            )));
-        }
-        let ids = (uapi::get_u16(&b, 0), uapi::get_u16(&b, 2));
+            ))
+        })?;
         let sysfs = self.role(role)?.dev.description().sysfs_path.clone();
         let from_sysfs = sysfs.as_deref().and_then(|p| {
             let read = |f: &str| std::fs::read_to_string(format!("{p}/{f}")).ok();
@@ -1201,6 +1200,46 @@ fn chunk_sizes(stream: &StreamBuf, chunk: &V1Chunking, m: &Mutation) -> Vec<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reports::{CaseFold, CaseResult, Verdict};
+
+    #[test]
+    fn a_drain_that_never_ends_fails_at_the_case_deadline() {
+        let (file, text) = crate::catalogue::builtin()
+            .iter()
+            .find(|(f, _)| f.ends_with("v1-stop-and-copy.yaml"))
+            .unwrap();
+        let scenario = crate::scenario::load_str(text, file).unwrap();
+        let mut dev = crate::device::open("sim:fault=v1-pending-never-zero").unwrap();
+        let opts = ExecOptions {
+            deadline: Some(Instant::now() + Duration::from_millis(300)),
+            ..ExecOptions::default()
+        };
+        let mut fold = CaseFold::new(CaseResult::new("c", file, "v1"));
+        let t0 = Instant::now();
+        run(
+            &scenario,
+            Devices {
+                device: dev.as_mut(),
+                destination: None,
+                incompatible: None,
+            },
+            &opts,
+            &mut |e| fold.apply(e),
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let r = fold.finish(false);
+        let drains = r
+            .checks
+            .iter()
+            .find(|c| c.name.ends_with("drains"))
+            .unwrap();
+        assert_eq!(drains.verdict, Verdict::Fail);
+        assert!(
+            drains.observed.contains("when the case deadline came"),
+            "{}",
+            drains.observed
+        );
+    }
 
     #[test]
     fn replayed_chunks_follow_the_source_and_the_mutation() {
