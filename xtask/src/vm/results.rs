@@ -17,19 +17,27 @@ use crate::cmd;
 const BEGIN: &str = "--- vfio-migtest results begin ---";
 const END: &str = "--- vfio-migtest results end ---";
 
-/// The suite runs `init.sh` must record in `exit-codes`.
-const EXPECTED_RUNS: [&str; 2] = ["mtty", "pci"];
-
-/// Whether `code` is the right exit code for the guest's suite run `run`.
-/// Exit codes follow kselftest: 0 pass, 1 fail, 4 skip.
-fn exit_code_acceptable(run: &str, code: i32) -> bool {
-    match run {
-        // The emulated NIC has no migration support: skipping is correct.
-        "pci" => code == 4,
-        // mtty supports migration, so a skip means the lab is broken.
-        _ => code == 0,
-    }
-}
+/// The runs `init.sh` records in `exit-codes`, the exit code each must end
+/// with (kselftest's 0 pass, 1 fail, 4 skip; 2 usage or file error), and
+/// text its output must contain.
+const EXPECTED_RUNS: &[(&str, i32, &str)] = &[
+    // mtty migrates: every case passes, its known deviations are XFAIL.
+    ("mtty", 0, "total:"),
+    // The emulated NIC has no migration: every case is skipped.
+    ("pci", 4, "does not support migration v2"),
+    // A group another process holds is refused before anything runs.
+    ("busy", 4, "already open (by PID"),
+    // Region access on a real kernel: the NIC's config space matches sysfs.
+    ("probe", 0, "8086:10d3 (= sysfs)"),
+    ("save", 0, ""),
+    ("resume", 0, ""),
+    // The second mtty-2 device, saved again, gives the same stream.
+    ("resave-identical", 0, ""),
+    // An mtty-2 state for the mtty-1 device: refused by the file header...
+    ("resume-foreign", 2, "device type"),
+    // ... and with --force, by the driver (mtty's header check: EFAULT).
+    ("resume-forced", 1, "EFAULT"),
+];
 
 /// Decodes the archive captured from the results port into `out`, using
 /// `scratch` for the base64 text.
@@ -72,12 +80,16 @@ pub fn judge(out: &Path) -> Result<()> {
         .with_context(|| format!("the guest recorded no exit codes ({})", path.display()))?;
     let codes = parse_exit_codes(&text)?;
     let mut failed = Vec::new();
-    for run in EXPECTED_RUNS {
+    for &(run, want, says) in EXPECTED_RUNS {
+        let log = fs::read_to_string(out.join(format!("{run}.log"))).unwrap_or_default();
         match codes.get(run) {
-            Some(&code) if exit_code_acceptable(run, code) => {
+            Some(&code) if code == want && log.contains(says) => {
                 println!("suite run {run}: exit code {code} (as expected)");
             }
-            Some(&code) => failed.push(format!("{run} exited with {code}")),
+            Some(&code) if code == want => {
+                failed.push(format!("{run} did not say {says:?} ({run}.log)"))
+            }
+            Some(&code) => failed.push(format!("{run} exited with {code}, not {want}")),
             None => failed.push(format!("{run} recorded no exit code")),
         }
     }
@@ -124,12 +136,37 @@ mod tests {
     }
 
     #[test]
-    fn pci_must_skip_and_mtty_must_pass() {
-        assert!(exit_code_acceptable("pci", 4));
-        assert!(!exit_code_acceptable("pci", 0));
-        assert!(exit_code_acceptable("mtty", 0));
-        assert!(!exit_code_acceptable("mtty", 1));
-        assert!(!exit_code_acceptable("mtty", 4));
+    fn every_expected_run_is_in_the_init_script() {
+        let init = include_str!("init.sh");
+        for (run, _, _) in EXPECTED_RUNS {
+            assert!(init.contains(&format!("suite {run} ")), "{run}");
+        }
+    }
+
+    #[test]
+    fn judge_wants_the_exit_code_and_the_words() {
+        let dir = std::env::temp_dir().join(format!("vm-judge-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let codes: String = EXPECTED_RUNS
+            .iter()
+            .map(|(r, c, _)| format!("{r} {c}\n"))
+            .collect();
+        fs::write(dir.join("exit-codes"), &codes).unwrap();
+        for (run, _, says) in EXPECTED_RUNS {
+            fs::write(dir.join(format!("{run}.log")), says).unwrap();
+        }
+        judge(&dir).unwrap();
+        fs::write(dir.join("busy.log"), "ran anyway").unwrap();
+        assert!(judge(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("busy did not say"));
+        fs::write(dir.join("exit-codes"), codes.replace("pci 4", "pci 0")).unwrap();
+        assert!(judge(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("pci exited with 0, not 4"));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
