@@ -210,7 +210,9 @@ fn write_case(out: &mut String, number: usize, id: &str, case: &CaseResult, resu
 }
 
 fn write_check(out: &mut String, number: usize, check: &CheckRecord, results: &RunResults) {
-    let name = crate::summary::slug(&check.name);
+    // The requirement IDs are part of the name, so a lab's history of a
+    // subtest is also the history of the rules it checks.
+    let name = crate::summary::slug(&format!("{}__{}", check.name, check.ids.join("_")));
     let status = CheckStatus::of(check, results.meta.strict);
     let known = check.known_failure.as_deref().unwrap_or("");
     let (ok, label, directive) = match status {
@@ -413,11 +415,11 @@ mod tests {
         let mut results = fixture();
         let text = ktap(&results);
         assert!(text.contains("  # WARN V2-PRECOPY-06 (SHOULD)\n"));
-        assert!(text.contains("  ok 3 end-of-precopy-is-enomsg\n"));
+        assert!(text.contains("  ok 3 end-of-precopy-is-enomsg__V2-PRECOPY-06\n"));
         results.meta.strict = true;
         let text = ktap(&results);
         assert!(text.contains("  # FAIL V2-PRECOPY-06 (SHOULD)\n"));
-        assert!(text.contains("  not ok 3 end-of-precopy-is-enomsg\n"));
+        assert!(text.contains("  not ok 3 end-of-precopy-is-enomsg__V2-PRECOPY-06\n"));
     }
 
     #[test]
