@@ -4,7 +4,7 @@
 //!
 //! Values follow `include/uapi/linux/vfio.h` and `include/uapi/linux/iommufd.h`.
 //! Every struct has explicit little-endian `to_bytes` / `from_bytes` so the
-//! simulator and the kernel backend share one wire format without `unsafe`.
+//! simulator and the kernel backend share one wire format, with no transmutes.
 #![forbid(unsafe_code)]
 
 use std::fmt;
