@@ -69,7 +69,7 @@ impl fmt::Display for DeviceSpec {
 pub enum OpenError {
     #[error("device spec `{spec}`: {reason}")]
     BadSpec { spec: String, reason: String },
-    /// The device exists but opening it would be unsafe or is impossible.
+    /// The device exists but opening it could disturb the host, or cannot work.
     #[error("{device}: {message}")]
     Refused {
         device: String,
