@@ -7,7 +7,7 @@
 //! helpers (GET/SET state, MIGRATION flags, precopy info ...) are built on
 //! those raw calls here, once, for every backend.
 //!
-//! Two backends: [`kernel`] (real fds; the only module with `unsafe`) and
+//! Two backends: [`kernel`] (real fds, through the one module of system calls) and
 //! [`sim`] (the in-process reference simulator).
 
 pub mod kernel;

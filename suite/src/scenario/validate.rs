@@ -341,6 +341,11 @@ fn size(ctx: &Ctx, s: &Spanned<RawSize>) -> R<u64> {
     }
 }
 
+/// An optional size, or `default` when the file leaves it out.
+fn opt_size(ctx: &Ctx, s: Option<&Spanned<RawSize>>, default: u64) -> R<u64> {
+    s.map_or(Ok(default), |s| size(ctx, s))
+}
+
 fn chunk(ctx: &Ctx, s: Option<&Spanned<RawSize>>, default: u64) -> R<u64> {
     let Some(s) = s else { return Ok(default) };
     let n = size(ctx, s)?;
@@ -487,21 +492,11 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
             }
         }
         RawOp::Pread(p) => Op::Pread {
-            offset: p
-                .offset
-                .as_ref()
-                .map(|o| size(ctx, o))
-                .transpose()?
-                .unwrap_or(0),
+            offset: opt_size(ctx, p.offset.as_ref(), 0)?,
             len: chunk(ctx, p.len.as_ref(), 16)?,
         },
         RawOp::Pwrite(p) => Op::Pwrite {
-            offset: p
-                .offset
-                .as_ref()
-                .map(|o| size(ctx, o))
-                .transpose()?
-                .unwrap_or(0),
+            offset: opt_size(ctx, p.offset.as_ref(), 0)?,
             len: chunk(ctx, p.len.as_ref(), 16)?,
         },
         RawOp::Write(w) => Op::Write(write_spec(ctx, w)?),
@@ -603,12 +598,7 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
             }
         }
         RawOp::LoggingStart(l) => {
-            let page_size = l
-                .page_size
-                .as_ref()
-                .map(|p| size(ctx, p))
-                .transpose()?
-                .unwrap_or(4096);
+            let page_size = opt_size(ctx, l.page_size.as_ref(), 4096)?;
             let ranges = l
                 .ranges
                 .iter()
@@ -640,24 +630,9 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
         }
         RawOp::LoggingStop => Op::LoggingStop,
         RawOp::LoggingReport(r) => {
-            let iova = r
-                .iova
-                .as_ref()
-                .map(|v| size(ctx, v))
-                .transpose()?
-                .unwrap_or(0);
-            let length = r
-                .length
-                .as_ref()
-                .map(|v| size(ctx, v))
-                .transpose()?
-                .unwrap_or(1 << 20);
-            let page_size = r
-                .page_size
-                .as_ref()
-                .map(|v| size(ctx, v))
-                .transpose()?
-                .unwrap_or(4096);
+            let iova = opt_size(ctx, r.iova.as_ref(), 0)?;
+            let length = opt_size(ctx, r.length.as_ref(), 1 << 20)?;
+            let page_size = opt_size(ctx, r.page_size.as_ref(), 4096)?;
             // The bitmap is allocated here: keep it at most 16 MiB.
             if page_size != 0 && length / page_size > (16 << 20) * 8 {
                 return Err(ctx.err(
