@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use reports::model::*;
+use results::*;
 
 const MS: u64 = 1_000_000;
 const US: u64 = 1_000;
@@ -630,6 +630,7 @@ fn sim() -> DeviceResults {
         device_type: Some("reference simulator".into()),
         protocols: vec!["v2".into(), "v1".into()],
         migration_flags: Some(7),
+        migration_flag_names: Some("STOP_COPY|P2P|PRE_COPY".into()),
         stop_copy_length: Some(4 << 20),
         peers: BTreeMap::from([("destination".to_string(), "sim".to_string())]),
         downtime_ns: Some(1_850 * US),
@@ -862,6 +863,7 @@ fn mtty() -> DeviceResults {
         device_type: Some("mtty-2".into()),
         protocols: vec!["v2".into()],
         migration_flags: Some(7),
+        migration_flag_names: Some("STOP_COPY|P2P|PRE_COPY".into()),
         stop_copy_length: Some(8472),
         peers: BTreeMap::from([(
             "destination".to_string(),

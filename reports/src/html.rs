@@ -10,16 +10,13 @@ use std::collections::BTreeMap;
 use askama::Template;
 
 use crate::ktap::exit_code;
-use crate::model::{
-    migration_flag_names, CaseResult, DeviceResults, Direction, Outcome, RunResults, StepReturn,
-    Verdict,
-};
 use crate::stats::{human_bytes, human_duration, throughput, Spread};
 use crate::summary::{
     case_id, check_message, device_slugs, first_failed_check, CheckStatus, OutcomeCounts,
     ALL_OUTCOMES,
 };
 use charts::{Timeline, V1Chart};
+use results::{CaseResult, DeviceResults, Direction, Outcome, RunResults, StepReturn, Verdict};
 
 /// A failed case's step log starts open up to this many steps.
 const OPEN_STEP_LOG_MAX: usize = 200;
@@ -305,14 +302,7 @@ fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> Devi
                 device.protocols.join(", ")
             },
         ),
-        fact(
-            "MIGRATION flags",
-            or_dash(
-                device
-                    .migration_flags
-                    .map(|f| format!("{} ({f:#x})", migration_flag_names(f))),
-            ),
-        ),
+        fact("MIGRATION flags", or_dash(crate::flags_text(device))),
         fact(
             "stop_copy_length",
             or_dash(
@@ -643,7 +633,7 @@ fn severity(status: CheckStatus) -> u8 {
 mod tests {
     use super::*;
     use crate::fixture::fixture;
-    use crate::model::{StepRecord, StepReturn};
+    use results::{StepRecord, StepReturn};
 
     #[test]
     fn html_snapshot() {

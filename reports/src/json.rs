@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::model::{RunResults, SCHEMA_VERSION};
+use results::{RunResults, SCHEMA_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {

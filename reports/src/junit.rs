@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use crate::model::{migration_flag_names, CaseResult, DeviceResults, Outcome, RunMeta, RunResults};
 use crate::stats::{human_bytes, human_duration};
 use crate::summary::{check_message, first_failed_check, CheckStatus};
+use results::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults};
 
 /// The run as a JUnit XML document.
 pub fn junit(results: &RunResults) -> String {
@@ -71,12 +71,7 @@ fn device_properties(device: &DeviceResults) -> Vec<Property> {
     add("access", device.access.clone());
     add("device_type", device.device_type.clone());
     add("protocols", Some(device.protocols.join(",")));
-    add(
-        "migration_flags",
-        device
-            .migration_flags
-            .map(|f| format!("{} ({f:#x})", migration_flag_names(f))),
-    );
+    add("migration_flags", crate::flags_text(device));
     add(
         "stop_copy_length",
         device.stop_copy_length.map(|n| n.to_string()),

@@ -17,8 +17,8 @@
 
 use std::fmt::Write;
 
-use crate::model::{CaseResult, CheckRecord, Outcome, Requirement, RunResults};
 use crate::summary::{case_id, device_slugs, one_line, CheckStatus, OutcomeCounts};
+use results::{CaseResult, CheckRecord, Outcome, Requirement, RunResults};
 
 /// The kselftest exit codes (tools/testing/selftests/kselftest.h).
 const KSFT_PASS: i32 = 0;
@@ -64,10 +64,8 @@ pub fn ktap(results: &RunResults) -> String {
         let flags = device
             .migration_flags
             .map(|f| {
-                format!(
-                    ", MIGRATION flags {}",
-                    crate::model::migration_flag_names(f)
-                )
+                let names = device.migration_flag_names.clone();
+                format!(", MIGRATION flags {}", names.unwrap_or(format!("{f:#x}")))
             })
             .unwrap_or_default();
         diag(
@@ -260,7 +258,7 @@ fn find_requirement<'a>(requirements: &'a [Requirement], id: &str) -> Option<&'a
 mod tests {
     use super::*;
     use crate::fixture::fixture;
-    use crate::model::DeviceResults;
+    use results::DeviceResults;
 
     #[test]
     fn ktap_snapshot() {

@@ -1,15 +1,8 @@
-//! The results model of vfio-migtest and its renderers: `results.json`,
-//! KTAP, JUnit XML, a self-contained HTML report and a terminal summary.
-//! Renderers are pure functions of [`model::RunResults`].
+//! The renderers of vfio-migtest's results: `results.json`, KTAP, JUnit
+//! XML, a self-contained HTML report and a terminal summary. Each is a pure
+//! function of a [`results::RunResults`].
 #![forbid(unsafe_code)]
 
-// Lets the shared test fixture name this crate as `reports` both here and in
-// the integration tests that include it.
-#[cfg(test)]
-extern crate self as reports;
-
-pub mod event;
-pub mod model;
 pub mod stats;
 pub mod summary;
 
@@ -22,10 +15,20 @@ mod terminal;
 #[cfg(test)]
 mod fixture;
 
-pub use event::{case_outcome, CaseFold, Event};
 pub use html::html;
 pub use json::{read_json, write_json, JsonError};
 pub use junit::junit;
 pub use ktap::{exit_code, ktap};
-pub use model::*;
 pub use terminal::terminal_summary;
+
+use results::DeviceResults;
+
+/// The device's MIGRATION flags as `NAMES (0xN)`, or hex alone when the
+/// results carry no names.
+fn flags_text(device: &DeviceResults) -> Option<String> {
+    let flags = device.migration_flags?;
+    Some(match &device.migration_flag_names {
+        Some(names) => format!("{names} ({flags:#x})"),
+        None => format!("{flags:#x}"),
+    })
+}

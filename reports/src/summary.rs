@@ -1,7 +1,7 @@
 //! What every renderer needs to agree on: outcome counts, stable names,
 //! how a check is classified and how a failed check is described.
 
-use crate::model::{CaseResult, CheckRecord, DeviceResults, Outcome, Strength, Verdict};
+use results::{CaseResult, CheckRecord, DeviceResults, Outcome, Strength, Verdict};
 
 /// How many cases ended with each outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -267,7 +267,7 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SourceLoc;
+    use results::SourceLoc;
 
     fn device(spec: &str, name: &str) -> DeviceResults {
         DeviceResults {

@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use crate::ktap::exit_code;
-use crate::model::{CaseResult, CheckRecord, Outcome, Requirement, RunResults};
 use crate::summary::{first_failed_check, one_line, CheckStatus, OutcomeCounts};
+use results::{CaseResult, CheckRecord, Outcome, Requirement, RunResults};
 
 /// Indent of the detail lines under a case, past its outcome label.
 const DETAIL: &str = "            ";

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reports::{CaseFold, CaseResult, Direction, Event, Outcome, RunResults};
+use results::{CaseFold, CaseResult, Direction, Event, Outcome, RunResults};
 use suite::device::kernel::DataPath;
 use suite::device::{
     open, Access, DataFd, Device, DeviceDescription, DeviceExt, FeatureRequest, PollFlags,

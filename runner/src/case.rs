@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use reports::{CaseFold, CaseResult, CheckRecord, Event, Outcome, Strength, Verdict};
+use results::{CaseFold, CaseResult, CheckRecord, Event, Outcome, Strength, Verdict};
 use suite::device::DeviceDescription;
 use suite::exec::DeviceCaps;
 use suite::scenario::Scenario;

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::time::Instant;
 
-use reports::Event;
+use results::Event;
 use suite::device::{self, Device};
 use suite::exec::{self, Devices, ExecOptions};
 use suite::scenario::{self, Protocol};

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use reports::{
+use results::{
     case_outcome, CaseResult, CheckRecord, DeviceResults, Outcome, SourceLoc, Strength, Verdict,
 };
 use serde::Deserialize;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use reports::{CaseResult, Outcome, Verdict};
+use results::{CaseResult, Outcome, Verdict};
 use serde::Serialize;
 use suite::device::sim::{catalogue, Expected, Fault, FaultInfo};
 use suite::exec::{self, DeviceCaps, RunSettings};
@@ -562,7 +562,7 @@ fn summary(r: &FaultsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reports::{CheckRecord, Strength};
+    use results::{CheckRecord, Strength};
 
     fn case(name: &str, outcome: Outcome, failed_ids: &[&str]) -> CaseResult {
         let mut r = CaseResult::new(name, "v2/x.yaml", "v2");

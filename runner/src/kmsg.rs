@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 
 use nix::fcntl::OFlag;
-use reports::{CheckRecord, Strength, Verdict};
+use results::{CheckRecord, Strength, Verdict};
 
 const KMSG: &str = "/dev/kmsg";
 /// Lines of one case's window kept in its `kernel_log`.

@@ -199,7 +199,7 @@ fn report(
 
 /// Replaces the expectations a results file was made with. Case names are
 /// checked against the built-in catalogue and the cases in the file.
-fn reapply(results: &mut reports::RunResults, paths: &[std::path::PathBuf]) -> Result<()> {
+fn reapply(results: &mut results::RunResults, paths: &[std::path::PathBuf]) -> Result<()> {
     let mut catalogue = cases::load(None)
         .map(|c| expect::case_ids(&c))
         .unwrap_or_default();

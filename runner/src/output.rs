@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use reports::{CaseResult, DeviceResults, RunMeta, RunResults, SCHEMA_VERSION};
+use results::{CaseResult, DeviceResults, RunMeta, RunResults, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 
 pub const JOURNAL: &str = "results.jsonl";
@@ -135,7 +135,7 @@ pub fn temp_path(path: &Path) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reports::Outcome;
+    use results::Outcome;
 
     fn meta() -> RunMeta {
         RunMeta {

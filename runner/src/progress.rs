@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use reports::stats::human_bytes;
-use reports::Event;
+use results::Event;
 
 /// How often the line is redrawn at most while steps stream in (a walk
 /// sends thousands a second).
@@ -419,7 +419,7 @@ fn terminal_width() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reports::{StepRecord, StepReturn};
+    use results::{StepRecord, StepReturn};
 
     /// What a terminal would hold: the bytes written, shared with the test.
     #[derive(Clone, Default)]

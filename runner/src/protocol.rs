@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use reports::Event;
+use results::Event;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use suite::device::DeviceDescription;

@@ -1,6 +1,6 @@
 //! The report files of a run, from the reports crate's renderers.
 
-use reports::RunResults;
+use results::RunResults;
 
 /// Every report written at the end of a run, by file name.
 pub fn files(results: &RunResults) -> Vec<(&'static str, String)> {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use libtest_mimic::{Completion, Failed, Trial};
 use reports::summary::CheckStatus;
-use reports::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults, Verdict};
+use results::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults, Verdict};
 use serde::Deserialize;
 use suite::device::sim::SimConfig;
 use suite::device::{DeviceDescription, DeviceSpec};
@@ -327,7 +327,7 @@ fn failure_text(r: &CaseResult, strict: bool) -> String {
         out.push_str(": ");
         out.push_str(reason);
     }
-    let explains = |c: &&reports::CheckRecord| {
+    let explains = |c: &&results::CheckRecord| {
         matches!(
             CheckStatus::of(c, strict),
             CheckStatus::Fail | CheckStatus::Xpass
@@ -413,6 +413,7 @@ fn device_results(spec: &str, probed: Option<&Probed>) -> DeviceResults {
             d.device_type = desc.device_type.clone();
             d.protocols = caps.protocols();
             d.migration_flags = caps.migration_flags;
+            d.migration_flag_names = caps.migration_flags.map(suite::uapi::migration_flag_names);
             d.stop_copy_length = caps.stop_copy_length;
         }
         Some(Err(ProbeFailure::Wedged(why))) => d.wedged = Some(why.clone()),
@@ -703,7 +704,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     meta.finished = Some(now_rfc3339());
     meta.interrupted = signal.map(|s| format!("{s}"));
     let results = RunResults {
-        schema: reports::SCHEMA_VERSION,
+        schema: results::SCHEMA_VERSION,
         meta,
         requirements: suite::requirements::all().to_vec(),
         devices,

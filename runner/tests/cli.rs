@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use reports::{Outcome, RunResults};
+use results::{Outcome, RunResults};
 
 const FRESH: &str = "name: fresh
 about: a fresh device is RUNNING

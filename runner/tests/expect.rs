@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use reports::{Outcome, RunResults};
+use results::{Outcome, RunResults};
 
 const SIM_KNOWN: &str = "# the simulator, told to accept a second START
 driver: sim
@@ -40,7 +40,7 @@ fn results(path: &Path) -> RunResults {
     reports::read_json(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn dma_logging(r: &RunResults) -> &reports::CaseResult {
+fn dma_logging(r: &RunResults) -> &results::CaseResult {
     r.devices[0]
         .cases
         .iter()

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-pub use reports::{Requirement, Strength};
+pub use results::{Requirement, Strength};
 
 const CATALOGUE: &str = include_str!("../requirements.yaml");
 

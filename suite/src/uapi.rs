@@ -201,8 +201,26 @@ pub fn state_name(raw: u32) -> String {
     }
 }
 
-/// Names of the `VFIO_MIGRATION_*` bits set in `flags` (shared with the reports).
-pub use reports::migration_flag_names;
+/// Names of the `VFIO_MIGRATION_*` bits set in a MIGRATION GET's `flags`
+/// (`include/uapi/linux/vfio.h`: STOP_COPY 1 << 0, P2P 1 << 1, PRE_COPY
+/// 1 << 2); unknown bits are shown in hex.
+pub fn migration_flag_names(flags: u64) -> String {
+    const NAMES: [(u64, &str); 3] = [(1 << 0, "STOP_COPY"), (1 << 1, "P2P"), (1 << 2, "PRE_COPY")];
+    let mut names: Vec<String> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let unknown = flags & !NAMES.iter().fold(0, |all, (bit, _)| all | bit);
+    if unknown != 0 {
+        names.push(format!("{unknown:#x}"));
+    }
+    if names.is_empty() {
+        "0".to_string()
+    } else {
+        names.join("|")
+    }
+}
 
 /// The errno's symbolic name (`EINVAL`), as reports show it.
 pub fn errno_name(errno: Errno) -> String {

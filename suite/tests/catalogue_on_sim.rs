@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use reports::{CaseFold, CaseResult, Outcome, Verdict};
+use results::{CaseFold, CaseResult, Outcome, Verdict};
 use suite::device::{open, Device};
 use suite::exec::{self, Devices, ExecOptions, RunSettings};
 use suite::scenario::{load_all, read_dir, Protocol, Scenario};

@@ -2,8 +2,8 @@
 //! timeline per case and a v1 pending/data_size chart. Only numbers and
 //! text are computed here; the template draws them (and escapes the text).
 
-use crate::model::{CaseResult, StepRecord, StepReturn, V1Iteration};
 use crate::stats::{human_bytes, human_duration};
+use results::{CaseResult, StepRecord, StepReturn, V1Iteration};
 
 /// v2 states top to bottom: running ones, then stopped and saving ones,
 /// then ERROR. Any other name (v1 states) follows in order of appearance.

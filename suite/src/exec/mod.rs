@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use reports::{
+use results::{
     CheckRecord, Direction, Event, SourceLoc, StepRecord, StepReturn, Strength, Transfer, Verdict,
 };
 

@@ -4,7 +4,7 @@
 use super::*;
 use crate::device::open;
 use crate::scenario::load_str;
-use reports::{Direction, Transfer};
+use results::{Direction, Transfer};
 
 fn scenario(steps: &str) -> Scenario {
     let text = format!("name: t\nabout: t\nrequires: {{ devices: 2 }}\nsteps:\n{steps}");

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use reports::{Direction, Event, V1Iteration};
+use results::{Direction, Event, V1Iteration};
 
 use super::stream::StreamBuf;
 use super::*;
@@ -1200,7 +1200,7 @@ fn chunk_sizes(stream: &StreamBuf, chunk: &V1Chunking, m: &Mutation) -> Vec<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reports::{CaseFold, CaseResult, Verdict};
+    use results::{CaseFold, CaseResult, Verdict};
 
     #[test]
     fn a_drain_that_never_ends_fails_at_the_case_deadline() {

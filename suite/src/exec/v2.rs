@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use reports::{Direction, Event, StepReturn};
+use results::{Direction, Event, StepReturn};
 
 use super::stream::StreamBuf;
 use super::*;

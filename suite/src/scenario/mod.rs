@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
-pub use reports::{SourceLoc, Strength};
+pub use results::{SourceLoc, Strength};
 
 pub use raw::OPS;
 pub use validate::{parse_size, MAX_TIMEOUT};

@@ -70,27 +70,6 @@ pub struct Requirement {
     pub source: String,
 }
 
-/// Names of the `VFIO_MIGRATION_*` bits set in a MIGRATION GET's `flags`
-/// (`include/uapi/linux/vfio.h`: STOP_COPY 1 << 0, P2P 1 << 1, PRE_COPY
-/// 1 << 2); unknown bits are shown in hex.
-pub fn migration_flag_names(flags: u64) -> String {
-    const NAMES: [(u64, &str); 3] = [(1 << 0, "STOP_COPY"), (1 << 1, "P2P"), (1 << 2, "PRE_COPY")];
-    let mut names: Vec<String> = NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, name)| name.to_string())
-        .collect();
-    let unknown = flags & !NAMES.iter().fold(0, |all, (bit, _)| all | bit);
-    if unknown != 0 {
-        names.push(format!("{unknown:#x}"));
-    }
-    if names.is_empty() {
-        "0".to_string()
-    } else {
-        names.join("|")
-    }
-}
-
 /// One device under test and every case run on it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceResults {
@@ -107,6 +86,9 @@ pub struct DeviceResults {
     /// `v1`, `v2`: what the device speaks.
     pub protocols: Vec<String>,
     pub migration_flags: Option<u64>,
+    /// `migration_flags` by bit name (`STOP_COPY|P2P`), as the suite names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_flag_names: Option<String>,
     pub stop_copy_length: Option<u64>,
     /// Other devices used by two-device cases, by role.
     pub peers: BTreeMap<String, String>,
