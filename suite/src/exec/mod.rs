@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 mod caps;
+mod judge;
 mod logging;
+mod region;
 pub mod stream;
 #[cfg(test)]
 mod tests;
@@ -30,6 +32,8 @@ use crate::scenario::{Op, Protocol, Role, Scenario, StateRef, StateSet, Step};
 use crate::uapi::{errno_name, Errno, MigState};
 
 pub use caps::{applicable, probe_caps, restore, DeviceCaps, RunSettings};
+use judge::CheckAgg;
+pub(crate) use judge::{ret_text, step_return, strength_of, Check, StepKey};
 use stream::StreamBuf;
 
 /// How a case runs.
@@ -188,13 +192,6 @@ pub(crate) struct RoleCtx<'d> {
 /// Ended-session fds kept open for probing; older ones are closed.
 const MAX_ENDED_FDS: usize = 8;
 
-/// A check being aggregated: loops repeat the same check name.
-struct CheckAgg {
-    record: CheckRecord,
-    runs: u64,
-    failures: u64,
-}
-
 pub(crate) struct Exec<'a, 'd> {
     pub opts: &'a ExecOptions,
     pub sink: &'a mut dyn FnMut(Event),
@@ -226,72 +223,6 @@ pub(crate) fn role_of<'r, 'd>(
     roles[role as usize]
         .as_mut()
         .ok_or_else(|| Abort::Harness(format!("no {role} device was given for this case")))
-}
-
-/// Names the checks of one step: `as:` label or position, plus loop values.
-#[derive(Debug, Clone)]
-pub(crate) struct StepKey {
-    pub prefix: String,
-    pub loc: Option<SourceLoc>,
-}
-
-impl StepKey {
-    pub fn name(&self, kind: &str) -> String {
-        format!("{}-{kind}", self.prefix)
-    }
-}
-
-/// One expectation outcome to record.
-pub(crate) struct Check<'s> {
-    pub kind: &'s str,
-    pub ids: Vec<String>,
-    pub strength: Strength,
-    pub pass: bool,
-    pub expected: String,
-    pub observed: String,
-}
-
-impl<'s> Check<'s> {
-    /// A built-in check: strength from the catalogue.
-    pub fn builtin(
-        kind: &'s str,
-        id: &str,
-        pass: bool,
-        expected: String,
-        observed: String,
-    ) -> Self {
-        Check {
-            kind,
-            ids: vec![id.to_string()],
-            strength: strength_of(id),
-            pass,
-            expected,
-            observed,
-        }
-    }
-}
-
-/// The catalogue strength of a requirement (MUST for unknown IDs, which
-/// validation rules out for scenario IDs).
-pub(crate) fn strength_of(id: &str) -> Strength {
-    requirements::find(id).map_or(Strength::Must, |r| r.strength)
-}
-
-pub(crate) fn ret_text(r: &Result<i64, Errno>) -> String {
-    match r {
-        Ok(v) => format!("returned {v}"),
-        Err(e) => format!("failed with {}", errno_name(*e)),
-    }
-}
-
-pub(crate) fn step_return(r: &Result<i64, Errno>) -> StepReturn {
-    match r {
-        Ok(v) => StepReturn::Ok(*v),
-        Err(e) => StepReturn::Errno {
-            name: errno_name(*e),
-            errno: *e as i32,
-        },
-    }
 }
 
 impl<'a, 'd> Exec<'a, 'd> {
@@ -416,135 +347,6 @@ impl<'a, 'd> Exec<'a, 'd> {
 
     pub fn note(&mut self, text: String) {
         (self.sink)(Event::Note { text });
-    }
-
-    pub fn started(&mut self, role: Role, op: &str, args: &str, key: &StepKey) {
-        (self.sink)(Event::StepStarted {
-            index: self.step_index,
-            role: role.as_str().to_string(),
-            op: op.to_string(),
-            args: args.to_string(),
-            location: key.loc.clone(),
-        });
-    }
-
-    /// Records one executed operation.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &mut self,
-        role: Role,
-        op: &str,
-        args: String,
-        ret: StepReturn,
-        state: Option<MigState>,
-        bytes: u64,
-        t0: Instant,
-        key: &StepKey,
-    ) {
-        let rec = StepRecord {
-            index: self.step_index,
-            role: role.as_str().to_string(),
-            op: op.to_string(),
-            args,
-            ret,
-            state: state.map(|s| s.name().to_string()),
-            bytes,
-            start_ns: self.elapsed_ns(t0),
-            duration_ns: nanos(t0.elapsed()),
-            location: key.loc.clone(),
-        };
-        self.step_index += 1;
-        (self.sink)(Event::Step(rec));
-    }
-
-    /// Records a check; the same name seen again (in a loop) is merged
-    /// into one record that fails if any run failed.
-    pub fn check(&mut self, key: &StepKey, c: Check) {
-        let verdict = if c.pass { Verdict::Pass } else { Verdict::Fail };
-        if !c.pass && matches!(c.strength, Strength::Must | Strength::Should) {
-            self.failed = true;
-        }
-        if let Some(i) = self.check_slot(key, c.kind) {
-            let agg = &mut self.checks[i];
-            agg.runs += 1;
-            if !c.pass {
-                agg.failures += 1;
-                if agg.record.verdict != Verdict::Fail {
-                    agg.record.verdict = Verdict::Fail;
-                    agg.record.expected = c.expected;
-                    agg.record.observed = c.observed;
-                    (self.sink)(Event::Check(agg.record.clone()));
-                }
-            }
-            return;
-        }
-        let name = key.name(c.kind);
-        let record = CheckRecord {
-            name: name.clone(),
-            ids: c.ids,
-            strength: c.strength,
-            verdict,
-            expected: c.expected,
-            observed: c.observed,
-            location: key.loc.clone(),
-            known_failure: None,
-        };
-        (self.sink)(Event::Check(record.clone()));
-        self.check_index.insert(name, self.checks.len());
-        self.checks.push(CheckAgg {
-            record,
-            runs: 1,
-            failures: u64::from(!c.pass),
-        });
-    }
-
-    /// [`Exec::check`] for checks that loops repeat: `build` makes the
-    /// texts only when they are recorded (a first run, a failure), not for
-    /// every passing repeat. `kind` and `pass` are those `build` returns.
-    pub fn check_lazy<'s>(
-        &mut self,
-        key: &StepKey,
-        kind: &str,
-        pass: bool,
-        build: impl FnOnce() -> Check<'s>,
-    ) {
-        if pass {
-            if let Some(i) = self.check_slot(key, kind) {
-                self.checks[i].runs += 1;
-                return;
-            }
-        }
-        let c = build();
-        debug_assert!(c.kind == kind && c.pass == pass);
-        self.check(key, c);
-    }
-
-    /// Where the check `kind` of `key` is aggregated, if it ran before.
-    fn check_slot(&mut self, key: &StepKey, kind: &str) -> Option<usize> {
-        self.check_name.clear();
-        self.check_name.push_str(&key.prefix);
-        self.check_name.push('-');
-        self.check_name.push_str(kind);
-        self.check_index.get(self.check_name.as_str()).copied()
-    }
-
-    /// A check that could not apply on this device, with why.
-    pub fn not_applicable(&mut self, key: &StepKey, kind: &str, id: &str, why: String) {
-        let name = key.name(kind);
-        if self.check_index.contains_key(&name) {
-            return;
-        }
-        let record = CheckRecord {
-            name,
-            ids: vec![id.to_string()],
-            strength: strength_of(id),
-            verdict: Verdict::NotApplicable,
-            expected: String::new(),
-            observed: why,
-            location: key.loc.clone(),
-            known_failure: None,
-        };
-        (self.sink)(Event::Check(record));
     }
 
     /// Final records for merged checks, with how often they ran; closes

@@ -1,0 +1,701 @@
+//! The data fd: reads, writes, positioned I/O, poll, FD_CLOEXEC and the
+//! probe of ended sessions.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use super::*;
+
+/// How a read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Eof,
+    Enomsg,
+    Error(Errno),
+    /// The bound on bytes was reached before an end.
+    Bound,
+    /// poll() never reported the fd ready before the deadline.
+    NotReady,
+    /// `until: once`: one read done.
+    Once(usize),
+}
+
+impl Exec<'_, '_> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn read_op(
+        &mut self,
+        role: Role,
+        into: Option<&str>,
+        chunk: u64,
+        until: ReadUntil,
+        max: Option<u64>,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let fd = self.session_fd(role, SessionKind::Saving)?;
+        let state = self.role(role)?.state;
+        let bound = max.unwrap_or_else(|| self.default_bound(role, until));
+        let args = format!(
+            "fd {fd}, chunk {chunk}, until {}",
+            match until {
+                ReadUntil::Eof => "eof",
+                ReadUntil::EndOfPrecopy => "end_of_precopy",
+                ReadUntil::Once => "once",
+            }
+        );
+        self.started(role, "read", &args, key);
+        let t0 = Instant::now();
+        let (total, end, enomsg_seen) = self.read_loop(role, fd, chunk, until, bound, into)?;
+        let ret = match end {
+            End::Error(e) => StepReturn::Errno {
+                name: errno_name(e),
+                errno: e as i32,
+            },
+            End::Enomsg => StepReturn::Errno {
+                name: "ENOMSG".into(),
+                errno: Errno::ENOMSG as i32,
+            },
+            End::NotReady => StepReturn::TimedOut,
+            _ => StepReturn::Ok(total as i64),
+        };
+        self.record(
+            role,
+            "read",
+            format!("{args}: {}", end_text(end)),
+            ret,
+            state,
+            total,
+            t0,
+            key,
+        );
+        if until == ReadUntil::Eof {
+            let dur = nanos(t0.elapsed());
+            let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
+            if end == End::Eof && state == Some(MigState::StopCopy) {
+                self.transfer(role, Direction::Save, total, dur, chunk, downtime);
+            }
+        }
+        self.read_checks(role, fd, until, state, total, end, enomsg_seen, bound, key)?;
+        if let Some(e) = expect {
+            if let Some(w) = &e.result {
+                let got = match end {
+                    End::Error(err) => Err(err),
+                    End::Enomsg => Err(Errno::ENOMSG),
+                    _ => Ok(total as i64),
+                };
+                self.check_result(key, e, w, &got);
+            }
+            if let Some(c) = &e.bytes {
+                self.check_cmp(key, "bytes", e, c, total)?;
+            }
+            if let Some(want) = e.end {
+                let pass = matches!(
+                    (want, end),
+                    (EndExpect::Eof, End::Eof) | (EndExpect::Enomsg, End::Enomsg)
+                );
+                self.check(
+                    key,
+                    Check {
+                        kind: "end",
+                        ids: e.ids.clone(),
+                        strength: e.strength,
+                        pass,
+                        expected: match want {
+                            EndExpect::Eof => "read returns 0".into(),
+                            EndExpect::Enomsg => "read fails with ENOMSG".into(),
+                        },
+                        observed: end_text(end),
+                    },
+                );
+            }
+        }
+        if end == End::NotReady {
+            return Err(Abort::Driver("the data fd never became readable".into()));
+        }
+        Ok(())
+    }
+
+    /// How many bytes a read loop may take before it is cut off.
+    fn default_bound(&mut self, role: Role, until: ReadUntil) -> u64 {
+        let budget = self
+            .role(role)
+            .ok()
+            .and_then(|c| c.session.as_ref())
+            .and_then(|s| s.precopy_budget);
+        match (until, self.vars.get("stop_copy_length"), budget) {
+            (ReadUntil::EndOfPrecopy, _, Some(b)) => b.saturating_mul(2).saturating_add(1 << 20),
+            (ReadUntil::Eof, Some(&scl), _) => scl.saturating_mul(4).saturating_add(1 << 20),
+            _ => 64 << 30,
+        }
+    }
+
+    /// Reads until the end the step asks for; returns (bytes, how it
+    /// ended, whether ENOMSG was seen).
+    fn read_loop(
+        &mut self,
+        role: Role,
+        fd: DataFd,
+        chunk: u64,
+        until: ReadUntil,
+        bound: u64,
+        into: Option<&str>,
+    ) -> Result<(u64, End, bool), Abort> {
+        let chunk = chunk as usize;
+        self.reserve_buf(chunk);
+        if let Some(name) = into {
+            self.buffers
+                .entry(name.to_string())
+                .or_insert_with(|| StreamBuf::new(self.opts.spill_threshold));
+        }
+        let mut total = 0u64;
+        let mut retries = 0u32;
+        let mut enomsg_seen = false;
+        let precopy = until == ReadUntil::EndOfPrecopy;
+        let end = loop {
+            if total >= bound {
+                break End::Bound;
+            }
+            let events = PollFlags::POLLIN;
+            if precopy {
+                // At the temporary end of precopy data poll may say "not
+                // readable"; read anyway to see ENOMSG.
+                let _ = self
+                    .role(role)?
+                    .dev
+                    .data_poll(fd, events, std::time::Duration::ZERO);
+            } else {
+                match self.wait_ready(role, fd, events)? {
+                    Ok(ev) if ev.is_empty() => break End::NotReady,
+                    Ok(_) => {}
+                    Err(e) => break End::Error(e),
+                }
+            }
+            let want = chunk
+                .min(usize::try_from(bound - total).unwrap_or(usize::MAX))
+                .max(1);
+            let ctx = role_of(&mut self.roles, role)?;
+            let r = ctx.dev.data_read(fd, &mut self.buf[..want]);
+            match r {
+                Ok(0) => break End::Eof,
+                Ok(n) => {
+                    total += n as u64;
+                    if let Some(s) = ctx.session.as_mut() {
+                        s.bytes += n as u64;
+                        s.precopy_read += n as u64;
+                    }
+                    if let Some(name) = into {
+                        let temp = &self.opts.temp_dir;
+                        if let Err(e) = self
+                            .buffers
+                            .get_mut(name)
+                            .expect("created above")
+                            .append(&self.buf[..n], temp)
+                        {
+                            return Err(Abort::Harness(format!("cannot keep the stream: {e}")));
+                        }
+                    }
+                    if until == ReadUntil::Once {
+                        break End::Once(n);
+                    }
+                }
+                Err(Errno::ENOMSG) => {
+                    enomsg_seen = true;
+                    break End::Enomsg;
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) if retries < 1000 => retries += 1,
+                Err(e) => break End::Error(e),
+            }
+        };
+        Ok((total, end, enomsg_seen))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_checks(
+        &mut self,
+        role: Role,
+        fd: DataFd,
+        until: ReadUntil,
+        state: Option<MigState>,
+        total: u64,
+        end: End,
+        enomsg_seen: bool,
+        bound: u64,
+        key: &StepKey,
+    ) -> Flow {
+        match until {
+            ReadUntil::Eof => {
+                if state == Some(MigState::StopCopy) {
+                    self.check(
+                        key,
+                        Check::builtin(
+                            "no-enomsg",
+                            "V2-SAVE-02",
+                            !enomsg_seen,
+                            "ENOMSG never returned in STOP_COPY".into(),
+                            end_text(end),
+                        ),
+                    );
+                }
+                if end == End::NotReady {
+                    self.check(
+                        key,
+                        Check::builtin(
+                            "ready",
+                            "KERNEL-02",
+                            false,
+                            "the data fd becomes readable before the deadline".into(),
+                            end_text(end),
+                        ),
+                    );
+                    return Ok(());
+                }
+                self.check(
+                    key,
+                    Check::builtin(
+                        "end",
+                        "V2-SAVE-01",
+                        end == End::Eof,
+                        format!("read returns 0 within {bound} bytes"),
+                        format!("{} after {total} bytes", end_text(end)),
+                    ),
+                );
+                if end == End::Eof {
+                    let ctx = role_of(&mut self.roles, role)?;
+                    let again = ctx.dev.data_read(fd, &mut self.buf[..1]);
+                    let ready = ctx
+                        .dev
+                        .data_poll(fd, PollFlags::POLLIN, std::time::Duration::ZERO);
+                    self.check(
+                        key,
+                        Check::builtin(
+                            "end-again",
+                            "V2-SAVE-01",
+                            again == Ok(0),
+                            "read keeps returning 0".into(),
+                            ret_text(&again.map(|n| n as i64)),
+                        ),
+                    );
+                    self.check(
+                        key,
+                        Check::builtin(
+                            "end-readable",
+                            "V2-SAVE-01",
+                            ready.is_ok_and(|r| r.contains(PollFlags::POLLIN)),
+                            "poll reports readable at the end of stream".into(),
+                            format!("{ready:?}"),
+                        ),
+                    );
+                }
+            }
+            ReadUntil::EndOfPrecopy => {
+                let observed = format!("{} after {total} bytes", end_text(end));
+                self.check(
+                    key,
+                    Check::builtin(
+                        "enomsg",
+                        "V2-PRECOPY-06",
+                        end == End::Enomsg,
+                        "read fails with ENOMSG at the end of precopy data".into(),
+                        observed,
+                    ),
+                );
+                let budget = self
+                    .role(role)?
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.precopy_budget.map(|b| (b, s.precopy_read)));
+                if let Some((b, read)) = budget {
+                    self.check(
+                        key,
+                        Check::builtin(
+                            "announced",
+                            "V2-PRECOPY-07",
+                            read <= b,
+                            format!("at most {b} bytes (initial_bytes + dirty_bytes)"),
+                            format!("{read} bytes"),
+                        ),
+                    );
+                } else if end == End::Bound {
+                    self.check(
+                        key,
+                        Check::builtin(
+                            "bounded",
+                            "V2-PRECOPY-07",
+                            false,
+                            format!("precopy data ends within {bound} bytes"),
+                            end_text(end),
+                        ),
+                    );
+                }
+            }
+            ReadUntil::Once => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn positioned(
+        &mut self,
+        role: Role,
+        write: bool,
+        offset: u64,
+        len: u64,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let kind = if write {
+            SessionKind::Resuming
+        } else {
+            SessionKind::Saving
+        };
+        let fd = self.session_fd(role, kind)?;
+        let len = len as usize;
+        self.reserve_buf(len);
+        let op = if write { "pwrite" } else { "pread" };
+        let args = format!("fd {fd}, {len} bytes at offset {offset}");
+        self.started(role, op, &args, key);
+        let t0 = Instant::now();
+        let ctx = role_of(&mut self.roles, role)?;
+        let r = if write {
+            ctx.dev.data_pwrite(fd, &self.buf[..len], offset)
+        } else {
+            ctx.dev.data_pread(fd, &mut self.buf[..len], offset)
+        };
+        let state = ctx.state;
+        let got = r.map(|n| n as i64);
+        self.record(role, op, args, step_return(&got), state, 0, t0, key);
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None => {
+                let id = if write { "V2-RESUME-07" } else { "V2-SAVE-04" };
+                self.check(
+                    key,
+                    Check::builtin(
+                        "refused",
+                        id,
+                        r.is_err(),
+                        format!("{op} fails (ESPIPE in known drivers)"),
+                        ret_text(&got),
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a saved stream (with its mutation) to the resuming fd.
+    /// Returns the bytes accepted and the first error.
+    pub(crate) fn write_stream(
+        &mut self,
+        role: Role,
+        fd: DataFd,
+        w: &WriteSpec,
+    ) -> Result<(u64, Option<Errno>), Abort> {
+        let mut stream = self
+            .buffers
+            .remove(&w.from)
+            .ok_or_else(|| Abort::Driver(format!("buffer `{}` was never filled", w.from)))?;
+        // No write is longer than the (mutated) stream, whatever the chunk.
+        let total = stream.len().saturating_sub(w.mutation.truncate) + w.mutation.extra;
+        let chunk = usize::try_from(w.chunk.min(total.max(1))).unwrap_or(usize::MAX);
+        self.reserve_buf(chunk);
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = (|| {
+            let mut reader = stream
+                .reader(&w.mutation)
+                .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
+            let mut written = 0u64;
+            loop {
+                let data = reader
+                    .next_chunk(&mut buf[..chunk])
+                    .map_err(|e| Abort::Harness(format!("cannot read buffer `{}`: {e}", w.from)))?;
+                if data.is_empty() {
+                    return Ok((written, None));
+                }
+                let mut off = 0;
+                while off < data.len() {
+                    match self.wait_ready(role, fd, PollFlags::POLLOUT)? {
+                        Ok(ev) if ev.is_empty() => return Ok((written, Some(Errno::ETIMEDOUT))),
+                        Ok(_) => {}
+                        Err(e) => return Ok((written, Some(e))),
+                    }
+                    let ctx = role_of(&mut self.roles, role)?;
+                    match ctx.dev.data_write(fd, &data[off..]) {
+                        Ok(0) => return Ok((written, Some(Errno::ENOSPC))),
+                        Ok(k) => {
+                            off += k;
+                            written += k as u64;
+                        }
+                        Err(Errno::EAGAIN | Errno::EINTR) => {}
+                        Err(e) => return Ok((written, Some(e))),
+                    }
+                }
+            }
+        })();
+        self.buf = buf;
+        self.buffers.insert(w.from.clone(), stream);
+        if let Ok((_, err)) = &result {
+            self.role(role)?.resume_loaded = err.is_none() && w.mutation.is_none();
+        }
+        result
+    }
+
+    pub(super) fn write_op(
+        &mut self,
+        role: Role,
+        w: &WriteSpec,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Result<Option<Errno>, Abort> {
+        let fd = self.session_fd(role, SessionKind::Resuming)?;
+        let args = format!(
+            "fd {fd}, `{}` in chunks of {}{}",
+            w.from,
+            w.chunk,
+            mutation_text(&w.mutation)
+        );
+        self.started(role, "write", &args, key);
+        let t0 = Instant::now();
+        let (written, err) = self.write_stream(role, fd, w)?;
+        let state = self.role(role)?.state;
+        let got: Result<i64, Errno> = match err {
+            Some(e) => Err(e),
+            None => Ok(written as i64),
+        };
+        self.record(
+            role,
+            "write",
+            args,
+            step_return(&got),
+            state,
+            written,
+            t0,
+            key,
+        );
+        if err == Some(Errno::ETIMEDOUT) {
+            self.check(
+                key,
+                Check::builtin(
+                    "ready",
+                    "KERNEL-02",
+                    false,
+                    "the data fd becomes writable before the deadline".into(),
+                    "poll timed out".into(),
+                ),
+            );
+            return Err(Abort::Driver("the data fd never became writable".into()));
+        }
+        if let Some(e) = expect {
+            if let Some(wnt) = &e.result {
+                self.check_result(key, e, wnt, &got);
+            }
+            if let Some(c) = &e.bytes {
+                self.check_cmp(key, "bytes", e, c, written)?;
+            }
+        }
+        Ok(err)
+    }
+
+    pub(super) fn poll_op(
+        &mut self,
+        role: Role,
+        readable: bool,
+        writable: bool,
+        timeout: std::time::Duration,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let ctx = self.role(role)?;
+        let Some(fd) = ctx.session.as_ref().map(|s| s.fd) else {
+            return Err(Abort::Harness(format!(
+                "no data session is open on the {role}"
+            )));
+        };
+        let mut events = PollFlags::empty();
+        if readable {
+            events |= PollFlags::POLLIN;
+        }
+        if writable {
+            events |= PollFlags::POLLOUT;
+        }
+        let args = format!(
+            "fd {fd}, {events:?}, {}",
+            humantime::format_duration(timeout)
+        );
+        self.started(role, "poll", &args, key);
+        let t0 = Instant::now();
+        let limit = timeout.min(self.opts.io_timeout);
+        let r = self.role(role)?.dev.data_poll(fd, events, limit);
+        let state = self.role(role)?.state;
+        let got = r.map(|ev| i64::from(ev.bits()));
+        self.record(role, "poll", args, step_return(&got), state, 0, t0, key);
+        if let Some((e, want)) = expect.and_then(|e| e.readable.map(|w| (e, w))) {
+            let is = r.is_ok_and(|ev| ev.contains(PollFlags::POLLIN));
+            self.check(
+                key,
+                Check {
+                    kind: "readable",
+                    ids: e.ids.clone(),
+                    strength: e.strength,
+                    pass: is == want,
+                    expected: if want {
+                        "readable".into()
+                    } else {
+                        "not readable".into()
+                    },
+                    observed: format!("{r:?}"),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn cloexec(&mut self, role: Role, key: &StepKey) -> Flow {
+        let ctx = self.role(role)?;
+        let Some(fd) = ctx.session.as_ref().map(|s| s.fd) else {
+            return Err(Abort::Harness(format!(
+                "no data session is open on the {role}"
+            )));
+        };
+        let r = ctx.dev.data_cloexec(fd);
+        self.check(
+            key,
+            Check::builtin(
+                "cloexec",
+                "V2-SAVE-06",
+                r == Ok(true),
+                "FD_CLOEXEC set".into(),
+                format!("{r:?}"),
+            ),
+        );
+        Ok(())
+    }
+
+    pub(super) fn close_data_fd(&mut self, role: Role, key: &StepKey) -> Flow {
+        let ctx = self.role(role)?;
+        let Some(s) = ctx.session.take() else {
+            return Err(Abort::Harness(format!(
+                "no data session is open on the {role}"
+            )));
+        };
+        let t0 = Instant::now();
+        let r = ctx.dev.data_close(s.fd);
+        let state = ctx.state;
+        self.record(
+            role,
+            "close",
+            format!("fd {}", s.fd),
+            step_return(&r.map(|()| 0)),
+            state,
+            0,
+            t0,
+            key,
+        );
+        Ok(())
+    }
+
+    /// Probes the most recently ended session: it must not deliver device
+    /// data any more, nor accept data.
+    pub(super) fn session_ended(&mut self, role: Role, key: &StepKey) -> Flow {
+        let Some((fd, kind, by)) = self.role(role)?.ended.pop() else {
+            return Err(Abort::Harness(format!(
+                "no ended session on the {role} to probe"
+            )));
+        };
+        self.probe_ended(role, fd, kind, by, key)
+    }
+
+    /// Reads (or writes) an ended session's fd, checks that nothing moves,
+    /// and closes it. The requirement depends on what ended the session.
+    pub(super) fn probe_ended(
+        &mut self,
+        role: Role,
+        fd: DataFd,
+        kind: SessionKind,
+        by: EndedBy,
+        key: &StepKey,
+    ) -> Flow {
+        let probe_op = match kind {
+            SessionKind::Saving => "read",
+            SessionKind::Resuming => "write",
+        };
+        self.started(role, probe_op, &format!("fd {fd} of an ended session"), key);
+        let ctx = role_of(&mut self.roles, role)?;
+        let t0 = Instant::now();
+        let (op, r) = match kind {
+            SessionKind::Saving => {
+                let _ = ctx
+                    .dev
+                    .data_poll(fd, PollFlags::POLLIN, std::time::Duration::ZERO);
+                ("read", ctx.dev.data_read(fd, &mut self.buf[..4096]))
+            }
+            SessionKind::Resuming => ("write", ctx.dev.data_write(fd, &self.buf[..16])),
+        };
+        let _ = ctx.dev.data_close(fd);
+        let state = ctx.state;
+        let got = r.map(|n| n as i64);
+        self.record(
+            role,
+            op,
+            format!("fd {fd} of an ended session"),
+            step_return(&got),
+            state,
+            0,
+            t0,
+            key,
+        );
+        let ids: &[&str] = match (by, kind) {
+            (EndedBy::Transition, SessionKind::Saving) => &["V2-FSM-09", "V2-SAVE-05"],
+            (EndedBy::Transition, SessionKind::Resuming) => &["V2-FSM-09"],
+            (EndedBy::Reset, _) => &["V2-RESET-02"],
+            (EndedBy::DeviceClosed, _) => &["V2-FSM-13"],
+        };
+        let (pass, expected) = match kind {
+            SessionKind::Saving => (
+                matches!(r, Ok(0) | Err(_)),
+                "end of stream or an error, no data",
+            ),
+            SessionKind::Resuming => (r.is_err(), "writes fail"),
+        };
+        self.check(
+            key,
+            Check {
+                kind: "ended",
+                ids: ids.iter().map(|s| s.to_string()).collect(),
+                strength: Strength::Must,
+                pass,
+                expected: expected.to_string(),
+                observed: ret_text(&got),
+            },
+        );
+        Ok(())
+    }
+}
+
+fn end_text(e: End) -> String {
+    match e {
+        End::Eof => "read returned 0 (end of stream)".into(),
+        End::Enomsg => "read failed with ENOMSG".into(),
+        End::Error(e) => format!("read failed with {}", errno_name(e)),
+        End::Bound => "no end before the byte bound".into(),
+        End::NotReady => "poll never reported the fd readable".into(),
+        End::Once(n) => format!("one read returned {n}"),
+    }
+}
+
+pub(super) fn mutation_text(m: &crate::scenario::Mutation) -> String {
+    let mut parts = Vec::new();
+    if m.truncate > 0 {
+        parts.push(format!("last {} bytes dropped", m.truncate));
+    }
+    if !m.corrupt.is_empty() {
+        parts.push(format!("bytes {:?} flipped", m.corrupt));
+    }
+    if m.extra > 0 {
+        parts.push(format!("{} extra bytes", m.extra));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}

@@ -1,0 +1,672 @@
+//! The v2 state machine: GET and SET of MIG_DEVICE_STATE against the
+//! model, raw feature calls, the MIGRATION flags and the stop-copy size.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use super::*;
+
+const RUNNING_STATES: [MigState; 4] = [
+    MigState::Running,
+    MigState::RunningP2p,
+    MigState::PreCopy,
+    MigState::PreCopyP2p,
+];
+
+impl Exec<'_, '_> {
+    pub(super) fn get_state(&mut self, role: Role, expect: Option<&Expect>, key: &StepKey) -> Flow {
+        let t0 = Instant::now();
+        self.started(role, "GET MIG_DEVICE_STATE", "", key);
+        let r = self.role(role)?.dev.get_state_raw();
+        let got: Result<i64, Errno> = r.map(|(s, _)| i64::from(s));
+        let state_now = r.ok().and_then(|(s, _)| MigState::from_raw(s));
+        self.record(
+            role,
+            "GET MIG_DEVICE_STATE",
+            String::new(),
+            step_return(&got),
+            state_now,
+            0,
+            t0,
+            key,
+        );
+        if let Some(want) = expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            self.check_result(key, want.0, want.1, &got);
+        }
+        let Ok((raw, fd)) = r else {
+            if expect.is_none_or(|e| e.result.is_none()) {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-FSM-02",
+                        false,
+                        "GET succeeds".into(),
+                        ret_text(&got),
+                    ),
+                );
+            }
+            return Ok(());
+        };
+        self.check(
+            key,
+            Check::builtin(
+                "data-fd",
+                "V2-FSM-02",
+                fd == -1,
+                "data_fd = -1".into(),
+                format!("data_fd = {fd}"),
+            ),
+        );
+        let tracked = self.role(role)?.state;
+        if let Some(e) = expect.filter(|e| e.state.is_some()) {
+            let want = self.resolve_state(e.state.as_ref().expect("filtered"))?;
+            self.check(
+                key,
+                Check {
+                    kind: "state",
+                    ids: e.ids.clone(),
+                    strength: e.strength,
+                    pass: raw == want,
+                    expected: state_name(want),
+                    observed: state_name(raw),
+                },
+            );
+        } else if let Some(t) = tracked {
+            self.check(
+                key,
+                Check::builtin(
+                    "state",
+                    "V2-FSM-11",
+                    raw == t.raw(),
+                    format!("{t} (no SET since)"),
+                    state_name(raw),
+                ),
+            );
+        }
+        self.role(role)?.state = state_now;
+        Ok(())
+    }
+
+    /// SET MIG_DEVICE_STATE to `target`, checked against the model, then
+    /// GET to see where the device is.
+    pub(crate) fn set_state(
+        &mut self,
+        role: Role,
+        target: u32,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Result<SetOutcome, Abort> {
+        let ctx = self.role(role)?;
+        let flags = ctx.flags;
+        let cur = match ctx.state {
+            Some(s) => s,
+            None => ctx.dev.get_state().map_err(|e| {
+                Abort::Harness(format!(
+                    "GET MIG_DEVICE_STATE failed with {}",
+                    errno_name(e)
+                ))
+            })?,
+        };
+        // Leaving RESUMING makes the driver judge the data written: without a
+        // complete stream it must refuse (V2-RESUME-03), whatever the table says.
+        let unloaded = cur == MigState::Resuming && !ctx.resume_loaded;
+        let model = model::expect_set(flags, cur, target);
+        let incomplete = unloaded && matches!(model, Expectation::Moves { .. });
+        let args = format!("{cur} -> {}", state_name(target));
+        if model::is_dangerous(cur, target) && !self.opts.include_dangerous {
+            self.note(format!(
+                "skipped SET {args}: it never returns on kernels without the vfio_mig_get_next_state() fix; run with --include-dangerous"
+            ));
+            return Ok(SetOutcome { ok: false });
+        }
+        self.started(role, "SET MIG_DEVICE_STATE", &args, key);
+        let t0 = Instant::now();
+        let r = self.role(role)?.dev.set_state(target);
+        let took = nanos(t0.elapsed());
+        let got: Result<i64, Errno> = r.result.map(|()| i64::from(r.data_fd));
+        let t_get = Instant::now();
+        let g = self.role(role)?.dev.get_state_raw();
+        let after = g.ok().and_then(|(s, _)| MigState::from_raw(s));
+        self.record(
+            role,
+            "SET MIG_DEVICE_STATE",
+            args,
+            step_return(&got),
+            after,
+            0,
+            t0,
+            key,
+        );
+        let g_ret: Result<i64, Errno> = g.map(|(s, _)| i64::from(s));
+        self.record(
+            role,
+            "GET MIG_DEVICE_STATE",
+            String::new(),
+            step_return(&g_ret),
+            after,
+            0,
+            t_get,
+            key,
+        );
+        if r.result.is_ok() {
+            (self.sink)(Event::Latency {
+                arc: format!("{cur}>{}", state_name(target)),
+                ns: took,
+            });
+        }
+
+        // The result of the SET itself.
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None if incomplete => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-RESUME-03",
+                    r.result.is_err(),
+                    "an error: no complete stream was written in RESUMING".into(),
+                    ret_text(&got),
+                ),
+            ),
+            None => {
+                let (id, pass) = match &model {
+                    Expectation::NoOp => ("V2-FSM-06", r.result.is_ok()),
+                    Expectation::Moves { .. } => ("V2-FSM-07", r.result.is_ok()),
+                    Expectation::Refused(why) => {
+                        (why.requirement(), r.result == Err(Errno::EINVAL))
+                    }
+                };
+                self.check_lazy(key, "result", pass, || {
+                    let expected = match &model {
+                        Expectation::NoOp => "success (already there)".to_string(),
+                        Expectation::Moves { path, .. } => format!(
+                            "success via {}",
+                            path.iter()
+                                .map(|s| s.name())
+                                .collect::<Vec<_>>()
+                                .join(" -> ")
+                        ),
+                        Expectation::Refused(_) => "EINVAL".to_string(),
+                    };
+                    Check::builtin("result", id, pass, expected, ret_text(&got))
+                });
+            }
+        }
+
+        let g_state = g.map(|(s, _)| s);
+        if r.result.is_ok() {
+            // The data fd (V2-FSM-06/08).
+            let want_new = match (expect.and_then(|e| e.data_fd), &model) {
+                (Some(w), _) => Some((w == FdExpect::New, None)),
+                (None, Expectation::Moves { new_data_fd, .. }) => {
+                    Some((*new_data_fd, Some("V2-FSM-08")))
+                }
+                (None, Expectation::NoOp) => Some((false, Some("V2-FSM-06"))),
+                (None, Expectation::Refused(_)) => None,
+            };
+            if let Some((new, id)) = want_new {
+                let pass = if new { r.data_fd >= 0 } else { r.data_fd == -1 };
+                let expected = || {
+                    if new {
+                        "a new data_fd (>= 0)".to_string()
+                    } else {
+                        "data_fd = -1".to_string()
+                    }
+                };
+                let observed = || format!("data_fd = {}", r.data_fd);
+                match id {
+                    Some(id) => self.check_lazy(key, "data-fd", pass, || {
+                        Check::builtin("data-fd", id, pass, expected(), observed())
+                    }),
+                    None => {
+                        let e = expect.expect("explicit data_fd");
+                        self.check(
+                            key,
+                            Check {
+                                kind: "data-fd",
+                                ids: e.ids.clone(),
+                                strength: e.strength,
+                                pass,
+                                expected: expected(),
+                                observed: observed(),
+                            },
+                        );
+                    }
+                }
+            }
+            // The state right after (V2-FSM-03).
+            let want_state = match expect.and_then(|e| e.state.as_ref()) {
+                Some(s) => Some((self.resolve_state(s)?, expect)),
+                None => Some((target, None)),
+            };
+            if let Some((want, e)) = want_state {
+                let pass = g_state == Ok(want);
+                let observed = || {
+                    g_state
+                        .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name)
+                };
+                match e {
+                    Some(e) => self.check(
+                        key,
+                        Check {
+                            kind: "state",
+                            ids: e.ids.clone(),
+                            strength: e.strength,
+                            pass,
+                            expected: state_name(want),
+                            observed: observed(),
+                        },
+                    ),
+                    None => self.check_lazy(key, "state", pass, || {
+                        Check::builtin(
+                            "state",
+                            "V2-FSM-03",
+                            pass,
+                            format!("GET right after SET reports {}", state_name(want)),
+                            observed(),
+                        )
+                    }),
+                }
+            }
+        } else {
+            // A failed SET copies back the requested state (V2-FSM-10) and
+            // leaves the device at the start, on the path, or in ERROR.
+            let pass = r.device_state == target && r.data_fd == -1;
+            self.check_lazy(key, "copied-back", pass, || {
+                Check::builtin(
+                    "copied-back",
+                    "V2-FSM-10",
+                    pass,
+                    format!(
+                        "device_state = {} and data_fd = -1 in the returned struct",
+                        state_name(target)
+                    ),
+                    format!(
+                        "device_state = {}, data_fd = {}",
+                        state_name(r.device_state),
+                        r.data_fd
+                    ),
+                )
+            });
+            let (allowed, id): (Vec<MigState>, &str) = match &model {
+                _ if incomplete => (vec![MigState::Resuming, MigState::Error], "V2-RESUME-03"),
+                Expectation::Refused(why) => (vec![cur], why.requirement()),
+                Expectation::Moves { path, .. } => {
+                    let mut v = vec![cur, MigState::Error];
+                    v.extend(path);
+                    (v, "V2-FSM-10")
+                }
+                Expectation::NoOp => (vec![cur, MigState::Error], "V2-FSM-10"),
+            };
+            let pass = g_state.is_ok_and(|s| allowed.iter().any(|a| a.raw() == s));
+            self.check_lazy(key, "state-after-failure", pass, || {
+                Check::builtin(
+                    "state-after-failure",
+                    id,
+                    pass,
+                    format!(
+                        "one of {}",
+                        allowed
+                            .iter()
+                            .map(|s| s.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    g_state
+                        .map_or_else(|e| format!("GET failed with {}", errno_name(e)), state_name),
+                )
+            });
+        }
+        self.after_set(role, cur, &model, &r, after, t0)?;
+        Ok(SetOutcome {
+            ok: r.result.is_ok(),
+        })
+    }
+
+    /// Session and timing bookkeeping after a SET.
+    pub(super) fn after_set(
+        &mut self,
+        role: Role,
+        cur: MigState,
+        model: &Expectation,
+        r: &crate::device::SetStateResult,
+        after: Option<MigState>,
+        t0: Instant,
+    ) -> Flow {
+        if r.result.is_ok() {
+            let ends = matches!(
+                model,
+                Expectation::Moves {
+                    ends_session: true,
+                    ..
+                }
+            );
+            if ends || r.data_fd >= 0 {
+                self.end_session(role, EndedBy::Transition)?;
+            }
+            let ctx = self.role(role)?;
+            if r.data_fd >= 0 {
+                ctx.resume_loaded = false;
+                let kind = if after == Some(MigState::Resuming) {
+                    SessionKind::Resuming
+                } else {
+                    SessionKind::Saving
+                };
+                ctx.session = Some(Session {
+                    fd: r.data_fd,
+                    kind,
+                    precopy_budget: None,
+                    precopy_read: 0,
+                    last_info: None,
+                    bytes: 0,
+                });
+            }
+            if let Some(a) = after {
+                if RUNNING_STATES.contains(&cur) && matches!(a, MigState::Stop | MigState::StopCopy)
+                {
+                    ctx.stopped_at = Some(t0);
+                }
+                if RUNNING_STATES.contains(&a) {
+                    ctx.stopped_at = None;
+                }
+            }
+        }
+        let ctx = self.role(role)?;
+        ctx.state = after;
+        // Whatever the model said, a device outside the saving group and
+        // RESUMING has no session.
+        let in_session = after.is_some_and(|s| s.is_saving() || s == MigState::Resuming);
+        if !in_session && ctx.session.is_some() {
+            self.end_session(role, EndedBy::Transition)?;
+        }
+        Ok(())
+    }
+
+    /// SET and GET, recorded, with the session bookkeeping but no checks:
+    /// for arcs the caller judges itself.
+    pub(super) fn set_unjudged(
+        &mut self,
+        role: Role,
+        target: u32,
+        key: &StepKey,
+    ) -> Result<bool, Abort> {
+        let ctx = self.role(role)?;
+        let cur = match ctx.state {
+            Some(s) => s,
+            None => ctx.dev.get_state().map_err(|e| {
+                Abort::Harness(format!(
+                    "GET MIG_DEVICE_STATE failed with {}",
+                    errno_name(e)
+                ))
+            })?,
+        };
+        let model = model::expect_set(ctx.flags, cur, target);
+        let args = format!("{cur} -> {}", state_name(target));
+        self.started(role, "SET MIG_DEVICE_STATE", &args, key);
+        let t0 = Instant::now();
+        let r = self.role(role)?.dev.set_state(target);
+        let took = nanos(t0.elapsed());
+        let got: Result<i64, Errno> = r.result.map(|()| i64::from(r.data_fd));
+        let g = self.role(role)?.dev.get_state_raw();
+        let after = g.ok().and_then(|(s, _)| MigState::from_raw(s));
+        self.record(
+            role,
+            "SET MIG_DEVICE_STATE",
+            args,
+            step_return(&got),
+            after,
+            0,
+            t0,
+            key,
+        );
+        if r.result.is_ok() {
+            (self.sink)(Event::Latency {
+                arc: format!("{cur}>{}", state_name(target)),
+                ns: took,
+            });
+        }
+        self.after_set(role, cur, &model, &r, after, t0)?;
+        Ok(r.result.is_ok())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn raw_feature(
+        &mut self,
+        role: Role,
+        feature: u32,
+        flags: u32,
+        argsz: Option<u32>,
+        payload: Option<u64>,
+        state: Option<u32>,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let data = match (state, payload) {
+            (Some(s), _) => VfioDeviceFeatureMigState {
+                device_state: s,
+                data_fd: -1,
+            }
+            .to_bytes(),
+            (None, Some(n)) => vec![0u8; n as usize],
+            (None, None) => vec![0u8; default_payload(feature)],
+        };
+        let mut req = FeatureRequest::new(feature, 0, data);
+        req.flags = feature | flags;
+        if let Some(a) = argsz {
+            req.argsz = a;
+        }
+        let before = req.data.clone();
+        let args = format!(
+            "argsz {}, flags {:#x} ({}{}), {} payload bytes",
+            req.argsz,
+            req.flags,
+            feature_name(feature).map_or_else(|| feature.to_string(), str::to_string),
+            op_names(flags),
+            req.data.len()
+        );
+        self.started(role, "VFIO_DEVICE_FEATURE", &args, key);
+        let t0 = Instant::now();
+        let r = self.role(role)?.dev.feature(&mut req);
+        let got = r.map(|()| 0i64);
+        self.record(
+            role,
+            "VFIO_DEVICE_FEATURE",
+            args,
+            step_return(&got),
+            None,
+            0,
+            t0,
+            key,
+        );
+        if let Some(e) = expect {
+            if let Some(w) = &e.result {
+                self.check_result(key, e, w, &got);
+            }
+            if let Some(u) = e.unchanged {
+                let same = req.data == before;
+                self.check(
+                    key,
+                    Check {
+                        kind: "payload",
+                        ids: e.ids.clone(),
+                        strength: e.strength,
+                        pass: same == u,
+                        expected: if u {
+                            "payload untouched".into()
+                        } else {
+                            "payload written".into()
+                        },
+                        observed: if same {
+                            "payload untouched".into()
+                        } else {
+                            "payload written".into()
+                        },
+                    },
+                );
+            }
+        }
+        if r.is_ok()
+            && feature == VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2
+            && flags & VFIO_DEVICE_FEATURE_SET != 0
+        {
+            self.role(role)?.precopy_info_v2 = true;
+        }
+        // A raw SET of the state moves the device: adopt any fd and re-learn the state.
+        if feature == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE
+            && flags & VFIO_DEVICE_FEATURE_SET != 0
+            && flags & VFIO_DEVICE_FEATURE_PROBE == 0
+        {
+            let fd = VfioDeviceFeatureMigState::from_bytes(&req.data).data_fd;
+            let ctx = self.role(role)?;
+            let now = ctx.dev.get_state().ok();
+            ctx.state = now;
+            if r.is_ok() && fd >= 0 {
+                self.end_session(role, EndedBy::Transition)?;
+                let kind = if now == Some(MigState::Resuming) {
+                    SessionKind::Resuming
+                } else {
+                    SessionKind::Saving
+                };
+                self.role(role)?.session = Some(Session {
+                    fd,
+                    kind,
+                    precopy_budget: None,
+                    precopy_read: 0,
+                    last_info: None,
+                    bytes: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn migration_flags(
+        &mut self,
+        role: Role,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        self.started(role, "GET MIGRATION", "", key);
+        let t0 = Instant::now();
+        let r = self.role(role)?.dev.migration_flags();
+        let got = r.map(|f| f.0 as i64);
+        self.record(
+            role,
+            "GET MIGRATION",
+            String::new(),
+            step_return(&got),
+            None,
+            0,
+            t0,
+            key,
+        );
+        match r {
+            Ok(f) => {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "defined",
+                        "V2-FEAT-10",
+                        f.is_defined(),
+                        "STOP_COPY, +P2P, +PRE_COPY or +P2P+PRE_COPY".into(),
+                        migration_flag_names(f.0),
+                    ),
+                );
+                if let Some((e, c)) = expect.and_then(|e| e.flags.as_ref().map(|c| (e, c))) {
+                    self.check_cmp(key, "flags", e, c, f.0)?;
+                }
+            }
+            Err(_) => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-FEAT-10",
+                    false,
+                    "GET MIGRATION succeeds".into(),
+                    ret_text(&got),
+                ),
+            ),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn data_size(
+        &mut self,
+        role: Role,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Result<Option<u64>, Abort> {
+        self.started(role, "GET MIG_DATA_SIZE", "", key);
+        let t0 = Instant::now();
+        let ctx = self.role(role)?;
+        let r = ctx.dev.stop_copy_length();
+        let state = ctx.state;
+        let got = r.map(|v| v as i64);
+        self.record(
+            role,
+            "GET MIG_DATA_SIZE",
+            String::new(),
+            step_return(&got),
+            state,
+            0,
+            t0,
+            key,
+        );
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-SIZE-01",
+                    r.is_ok(),
+                    format!("GET works in {}", state.map_or("any state", MigState::name)),
+                    ret_text(&got),
+                ),
+            ),
+        }
+        if let Ok(v) = r {
+            self.vars.insert("stop_copy_length".into(), v);
+            if let Some((e, c)) = expect.and_then(|e| e.stop_copy_length.as_ref().map(|c| (e, c))) {
+                self.check_cmp(key, "stop_copy_length", e, c, v)?;
+            }
+        }
+        Ok(r.ok())
+    }
+}
+
+/// The payload size of a feature's struct, so a raw call is well formed
+/// unless the scenario says otherwise.
+fn default_payload(feature: u32) -> usize {
+    match feature {
+        VFIO_DEVICE_FEATURE_MIGRATION => VfioDeviceFeatureMigration::SIZE,
+        VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE => VfioDeviceFeatureMigState::SIZE,
+        VFIO_DEVICE_FEATURE_MIG_DATA_SIZE => VfioDeviceFeatureMigDataSize::SIZE,
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_START => VfioDeviceFeatureDmaLoggingControl::SIZE,
+        VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT => VfioDeviceFeatureDmaLoggingReport::SIZE,
+        _ => 0,
+    }
+}
+
+fn op_names(flags: u32) -> String {
+    let mut s = String::new();
+    for (bit, name) in [
+        (VFIO_DEVICE_FEATURE_GET, "|GET"),
+        (VFIO_DEVICE_FEATURE_SET, "|SET"),
+        (VFIO_DEVICE_FEATURE_PROBE, "|PROBE"),
+    ] {
+        if flags & bit != 0 {
+            s.push_str(name);
+        }
+    }
+    let unknown = flags
+        & !(VFIO_DEVICE_FEATURE_MASK
+            | VFIO_DEVICE_FEATURE_GET
+            | VFIO_DEVICE_FEATURE_SET
+            | VFIO_DEVICE_FEATURE_PROBE);
+    if unknown != 0 {
+        s.push_str(&format!("|{unknown:#x}"));
+    }
+    s
+}

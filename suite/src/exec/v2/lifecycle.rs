@@ -1,0 +1,160 @@
+//! The device's life around migration: reset, the ERROR state, closing
+//! and reopening the device.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use super::*;
+
+impl Exec<'_, '_> {
+    pub(super) fn reset(&mut self, role: Role, expect: Option<&Expect>, key: &StepKey) -> Flow {
+        self.started(role, "VFIO_DEVICE_RESET", "", key);
+        let t0 = Instant::now();
+        let had_session = self.role(role)?.session.is_some();
+        let r = self.role(role)?.dev.reset();
+        let got = r.map(|()| 0);
+        let g = self.role(role)?.dev.get_state();
+        self.record(
+            role,
+            "VFIO_DEVICE_RESET",
+            String::new(),
+            step_return(&got),
+            g.ok(),
+            0,
+            t0,
+            key,
+        );
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-RESET-01",
+                    r.is_ok(),
+                    "reset succeeds".into(),
+                    ret_text(&got),
+                ),
+            ),
+        }
+        let want = match expect.and_then(|e| e.state.as_ref()) {
+            Some(s) => self.resolve_state(s)?,
+            None => MigState::Running.raw(),
+        };
+        self.check(
+            key,
+            Check::builtin(
+                "running",
+                "V2-RESET-01",
+                g == Ok(MigState::from_raw(want).unwrap_or(MigState::Running)),
+                format!("{} after reset", state_name(want)),
+                format!("{g:?}"),
+            ),
+        );
+        self.end_session(role, EndedBy::Reset)?;
+        let ctx = self.role(role)?;
+        ctx.state = g.ok();
+        ctx.logging = false;
+        ctx.stopped_at = None;
+        if had_session {
+            let probe = StepKey {
+                prefix: format!("{}-session", key.prefix),
+                loc: key.loc.clone(),
+            };
+            if let Some((fd, kind, by)) = self.role(role)?.ended.pop() {
+                self.probe_ended(role, fd, kind, by, &probe)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// V2-RESET-03: ERROR is left only by reset. Applies only when the
+    /// device is in ERROR.
+    pub(super) fn error_state(&mut self, role: Role, key: &StepKey) -> Flow {
+        self.started(role, "GET MIG_DEVICE_STATE", "", key);
+        let t0 = Instant::now();
+        let g = self.role(role)?.dev.get_state();
+        self.record(
+            role,
+            "GET MIG_DEVICE_STATE",
+            String::new(),
+            step_return(&g.map(|s| i64::from(s.raw()))),
+            g.ok(),
+            0,
+            t0,
+            key,
+        );
+        if g != Ok(MigState::Error) {
+            self.note(format!(
+                "V2-RESET-03 not applicable: the device is in {} (not ERROR)",
+                g.map_or_else(
+                    |e| format!("an unknown state ({})", errno_name(e)),
+                    |s| s.name().to_string()
+                )
+            ));
+            self.role(role)?.state = g.ok();
+            return Ok(());
+        }
+        self.role(role)?.state = Some(MigState::Error);
+        self.set_state(role, MigState::Running.raw(), None, key)?;
+        self.reset(
+            role,
+            None,
+            &StepKey {
+                prefix: format!("{}-reset", key.prefix),
+                loc: key.loc.clone(),
+            },
+        )
+    }
+
+    pub(super) fn close_device(&mut self, role: Role, key: &StepKey) -> Flow {
+        self.started(role, "close device fd", "", key);
+        let t0 = Instant::now();
+        let r = self.role(role)?.dev.close_device();
+        self.record(
+            role,
+            "close device fd",
+            String::new(),
+            step_return(&r.map(|()| 0)),
+            None,
+            0,
+            t0,
+            key,
+        );
+        // The session cannot outlive the device file (V2-FSM-13).
+        self.end_session(role, EndedBy::DeviceClosed)?;
+        self.role(role)?.state = None;
+        if let Err(e) = r {
+            return Err(Abort::Harness(format!(
+                "closing the device failed with {}",
+                errno_name(e)
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn reopen(&mut self, role: Role, key: &StepKey) -> Flow {
+        self.started(role, "open device", "", key);
+        let t0 = Instant::now();
+        let r = self.role(role)?.dev.reopen();
+        let g = self.role(role)?.dev.get_state().ok();
+        self.record(
+            role,
+            "open device",
+            String::new(),
+            step_return(&r.map(|()| 0)),
+            g,
+            0,
+            t0,
+            key,
+        );
+        if let Err(e) = r {
+            return Err(Abort::Harness(format!(
+                "reopening the device failed with {}",
+                errno_name(e)
+            )));
+        }
+        self.role(role)?.state = g;
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! PRE_COPY: VFIO_MIG_GET_PRECOPY_INFO and other ioctls on the saving fd.
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use super::*;
+
+impl Exec<'_, '_> {
+    pub(super) fn precopy_info(
+        &mut self,
+        role: Role,
+        argsz: Option<u32>,
+        in_flags: u32,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let fd = self.session_fd(role, SessionKind::Saving)?;
+        let argsz = argsz.unwrap_or(VfioPrecopyInfo::SIZE as u32);
+        let mut arg = VfioPrecopyInfo {
+            argsz,
+            flags: in_flags,
+            ..Default::default()
+        }
+        .to_bytes();
+        let args = format!("fd {fd}, argsz {argsz}, flags {in_flags:#x}");
+        self.started(role, "VFIO_MIG_GET_PRECOPY_INFO", &args, key);
+        let t0 = Instant::now();
+        let ctx = self.role(role)?;
+        let r = ctx.dev.data_ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &mut arg);
+        let state = ctx.state;
+        let v2 = ctx.precopy_info_v2;
+        let got = r.map(i64::from);
+        self.record(
+            role,
+            "VFIO_MIG_GET_PRECOPY_INFO",
+            args,
+            step_return(&got),
+            state,
+            0,
+            t0,
+            key,
+        );
+        let in_precopy = state.is_some_and(MigState::is_precopy);
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None if (argsz as usize) < VfioPrecopyInfo::SIZE => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-PRECOPY-03",
+                    r == Err(Errno::EINVAL),
+                    "EINVAL for argsz below 24".into(),
+                    ret_text(&got),
+                ),
+            ),
+            None if in_precopy => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-PRECOPY-01",
+                    r.is_ok(),
+                    "works in PRE_COPY states".into(),
+                    ret_text(&got),
+                ),
+            ),
+            None => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-PRECOPY-02",
+                    r == Err(Errno::EINVAL),
+                    format!(
+                        "EINVAL outside PRE_COPY (in {})",
+                        state.map_or("an unknown state", MigState::name)
+                    ),
+                    ret_text(&got),
+                ),
+            ),
+        }
+        if r.is_err() {
+            return Ok(());
+        }
+        let info = VfioPrecopyInfo::from_bytes(&arg);
+        self.vars.insert("initial_bytes".into(), info.initial_bytes);
+        self.vars.insert("dirty_bytes".into(), info.dirty_bytes);
+        if in_precopy {
+            self.precopy_trend(role, &info, key)?;
+        }
+        if v2 && in_flags != 0 {
+            self.check(
+                key,
+                Check::builtin(
+                    "flags",
+                    "V2-PRECOPY-09",
+                    info.flags == 0 || info.flags == VFIO_PRECOPY_INFO_REINIT,
+                    "output flags 0 or REINIT".into(),
+                    format!("flags = {:#x}", info.flags),
+                ),
+            );
+        } else if in_flags != 0 {
+            self.note(format!("precopy info without MIG_PRECOPY_INFOv2: input flags {in_flags:#x}, output flags {:#x}", info.flags));
+        }
+        if let Some(e) = expect {
+            for (kind, cmp, v) in [
+                ("initial_bytes", &e.initial_bytes, info.initial_bytes),
+                ("dirty_bytes", &e.dirty_bytes, info.dirty_bytes),
+                ("flags", &e.flags, u64::from(info.flags)),
+            ] {
+                if let Some(c) = cmp {
+                    self.check_cmp(key, kind, e, c, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `initial_bytes` starts non-zero and shrinks as data is read;
+    /// `dirty_bytes` starts at 0 (V2-PRECOPY-04/05).
+    pub(super) fn precopy_trend(
+        &mut self,
+        role: Role,
+        info: &VfioPrecopyInfo,
+        key: &StepKey,
+    ) -> Flow {
+        let ctx = self.role(role)?;
+        let Some(session) = ctx.session.as_mut() else {
+            return Ok(());
+        };
+        let last = session.last_info;
+        let read_so_far = session.bytes;
+        session.last_info = Some((info.initial_bytes, info.dirty_bytes, read_so_far));
+        session.precopy_budget = Some(info.initial_bytes.saturating_add(info.dirty_bytes));
+        session.precopy_read = 0;
+        match last {
+            None => {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "initial-bytes-start",
+                        "V2-PRECOPY-04",
+                        info.initial_bytes > 0,
+                        "initial_bytes > 0 when PRE_COPY starts".into(),
+                        format!("initial_bytes = {}", info.initial_bytes),
+                    ),
+                );
+                self.check(
+                    key,
+                    Check::builtin(
+                        "dirty-bytes-start",
+                        "V2-PRECOPY-05",
+                        info.dirty_bytes == 0,
+                        "dirty_bytes = 0 when PRE_COPY starts".into(),
+                        format!("dirty_bytes = {}", info.dirty_bytes),
+                    ),
+                );
+            }
+            Some((initial, _, read_then)) => {
+                let read = read_so_far - read_then;
+                let pass = info.initial_bytes <= initial
+                    && (read == 0 || initial == 0 || info.initial_bytes < initial);
+                self.check(
+                    key,
+                    Check::builtin(
+                        "initial-bytes-falls",
+                        "V2-PRECOPY-04",
+                        pass,
+                        format!("initial_bytes below {initial} after reading {read} bytes"),
+                        format!("initial_bytes = {}", info.initial_bytes),
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn data_ioctl(
+        &mut self,
+        role: Role,
+        request: u64,
+        argsz: u32,
+        expect: Option<&Expect>,
+        key: &StepKey,
+    ) -> Flow {
+        let fd = self.session_fd(role, SessionKind::Saving)?;
+        let mut arg = vec![0u8; (argsz as usize).max(VfioPrecopyInfo::SIZE)];
+        put_u32(&mut arg, 0, argsz);
+        let args = format!("fd {fd}, request {request:#x}, argsz {argsz}");
+        self.started(role, "ioctl", &args, key);
+        let t0 = Instant::now();
+        let ctx = self.role(role)?;
+        let r = ctx.dev.data_ioctl(fd, request, &mut arg);
+        let state = ctx.state;
+        let got = r.map(i64::from);
+        self.record(role, "ioctl", args, step_return(&got), state, 0, t0, key);
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, w)) => self.check_result(key, e, w, &got),
+            None if request != VFIO_MIG_GET_PRECOPY_INFO => self.check(
+                key,
+                Check::builtin(
+                    "result",
+                    "V2-PRECOPY-03",
+                    r == Err(Errno::ENOTTY),
+                    "ENOTTY for another ioctl number".into(),
+                    ret_text(&got),
+                ),
+            ),
+            None => {}
+        }
+        Ok(())
+    }
+}
