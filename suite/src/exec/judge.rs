@@ -55,6 +55,24 @@ impl<'s> Check<'s> {
             observed,
         }
     }
+
+    /// A check of the step's own expectation: its IDs and strength.
+    pub fn expected(
+        e: &Expect,
+        kind: &'s str,
+        pass: bool,
+        expected: String,
+        observed: String,
+    ) -> Self {
+        Check {
+            kind,
+            ids: e.ids.clone(),
+            strength: e.strength,
+            pass,
+            expected,
+            observed,
+        }
+    }
 }
 
 /// The catalogue strength of a requirement (MUST for unknown IDs, which
@@ -80,44 +98,124 @@ pub(crate) fn step_return(r: &Result<i64, Errno>) -> StepReturn {
     }
 }
 
+/// What a recorded step returned, the state after it and the bytes it moved.
+pub(crate) struct Returned {
+    pub ret: StepReturn,
+    pub state: Option<MigState>,
+    pub bytes: u64,
+}
+
+impl Returned {
+    pub fn of(r: &Result<i64, Errno>) -> Self {
+        Returned::ret(step_return(r))
+    }
+
+    pub fn ret(ret: StepReturn) -> Self {
+        Returned {
+            ret,
+            state: None,
+            bytes: 0,
+        }
+    }
+
+    pub fn in_state(self, state: Option<MigState>) -> Self {
+        Returned { state, ..self }
+    }
+
+    pub fn moved(self, bytes: u64) -> Self {
+        Returned { bytes, ..self }
+    }
+}
+
+/// A step under way: recorded by [`Exec::record`] with what it returned.
+pub(crate) struct Call {
+    role: Role,
+    op: &'static str,
+    args: String,
+    t0: Instant,
+}
+
+impl Call {
+    /// Records the step with other arguments than it was announced with
+    /// (what a loop found out).
+    pub fn set_args(&mut self, args: String) {
+        self.args = args;
+    }
+
+    /// A step recorded without announcing it first (the GET that follows
+    /// a SET, a call that cannot hang).
+    pub fn quiet(role: Role, op: &'static str, args: String) -> Call {
+        Call {
+            role,
+            op,
+            args,
+            t0: Instant::now(),
+        }
+    }
+}
+
 impl Exec<'_, '_> {
-    pub fn started(&mut self, role: Role, op: &str, args: &str, key: &StepKey) {
+    /// Announces a step, so a hang shows where it is, and starts its clock.
+    pub fn start(&mut self, role: Role, op: &'static str, args: String, key: &StepKey) -> Call {
         (self.sink)(Event::StepStarted {
             index: self.step_index,
             role: role.as_str().to_string(),
             op: op.to_string(),
-            args: args.to_string(),
+            args: args.clone(),
             location: key.loc.clone(),
         });
+        Call::quiet(role, op, args)
     }
 
-    /// Records one executed operation.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &mut self,
-        role: Role,
-        op: &str,
-        args: String,
-        ret: StepReturn,
-        state: Option<MigState>,
-        bytes: u64,
-        t0: Instant,
-        key: &StepKey,
-    ) {
+    /// Records a finished step.
+    pub fn record(&mut self, call: Call, out: Returned, key: &StepKey) {
         let rec = StepRecord {
             index: self.step_index,
-            role: role.as_str().to_string(),
-            op: op.to_string(),
-            args,
-            ret,
-            state: state.map(|s| s.name().to_string()),
-            bytes,
-            start_ns: self.elapsed_ns(t0),
-            duration_ns: nanos(t0.elapsed()),
+            role: call.role.as_str().to_string(),
+            op: call.op.to_string(),
+            args: call.args,
+            ret: out.ret,
+            state: out.state.map(|s| s.name().to_string()),
+            bytes: out.bytes,
+            start_ns: self.elapsed_ns(call.t0),
+            duration_ns: nanos(call.t0.elapsed()),
             location: key.loc.clone(),
         };
         self.step_index += 1;
         (self.sink)(Event::Step(rec));
+    }
+
+    /// Start, call, record: runs `f` as one announced step and records what
+    /// it says it returned.
+    pub fn call<T>(
+        &mut self,
+        role: Role,
+        op: &'static str,
+        args: String,
+        key: &StepKey,
+        f: impl FnOnce(&mut Self) -> Result<(T, Returned), Abort>,
+    ) -> Result<T, Abort> {
+        let call = self.start(role, op, args, key);
+        let (value, out) = f(self)?;
+        self.record(call, out, key);
+        Ok(value)
+    }
+
+    /// Judges a call's result by the step's `result` expectation if it has
+    /// one; returns false when it has none, for the caller's built-in check.
+    pub fn expected_result(
+        &mut self,
+        key: &StepKey,
+        expect: Option<&Expect>,
+        got: &Result<i64, Errno>,
+    ) -> bool {
+        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
+            Some((e, want)) => {
+                self.check_result(key, e, want, got);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records a check; the same name seen again (in a loop) is merged
@@ -231,14 +329,7 @@ impl Exec<'_, '_> {
         };
         self.check(
             key,
-            Check {
-                kind: "result",
-                ids: e.ids.clone(),
-                strength: e.strength,
-                pass,
-                expected,
-                observed: ret_text(got),
-            },
+            Check::expected(e, "result", pass, expected, ret_text(got)),
         );
     }
 
@@ -254,12 +345,11 @@ impl Exec<'_, '_> {
         let rhs = self.operand(&cmp.rhs)?;
         self.check(
             key,
-            Check {
+            Check::expected(
+                e,
                 kind,
-                ids: e.ids.clone(),
-                strength: e.strength,
-                pass: cmp.op.holds(lhs, rhs),
-                expected: format!(
+                cmp.op.holds(lhs, rhs),
+                format!(
                     "{kind} {cmp}{}",
                     if matches!(cmp.rhs, Operand::Num(_)) {
                         String::new()
@@ -267,8 +357,8 @@ impl Exec<'_, '_> {
                         format!(" ({rhs})")
                     }
                 ),
-                observed: format!("{kind} = {lhs}"),
-            },
+                format!("{kind} = {lhs}"),
+            ),
         );
         Ok(())
     }

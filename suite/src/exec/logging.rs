@@ -2,8 +2,6 @@
 //! validation in `vfio_ioctl_device_feature_logging_*()`.
 #![forbid(unsafe_code)]
 
-use std::time::Instant;
-
 use super::*;
 use crate::device::{DeviceExt, FeatureRequest};
 use crate::scenario::Expect;
@@ -79,8 +77,7 @@ impl Exec<'_, '_> {
             .map(|&(iova, length)| VfioDeviceFeatureDmaLoggingRange { iova, length })
             .collect();
         let args = format!("page_size {page_size}, {num} ranges");
-        self.started(role, "SET DMA_LOGGING_START", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "SET DMA_LOGGING_START", args, key);
         let ctx = self.role(role)?;
         let already = ctx.logging;
         let r = ctx.dev.feature(&mut req);
@@ -89,16 +86,7 @@ impl Exec<'_, '_> {
             ctx.logging = true;
         }
         let got = r.map(|()| 0);
-        self.record(
-            role,
-            "SET DMA_LOGGING_START",
-            args,
-            step_return(&got),
-            state,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&got).in_state(state), key);
         if let Some((e, w)) = expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
             self.check_result(key, e, w, &got);
             return Ok(());
@@ -152,8 +140,7 @@ impl Exec<'_, '_> {
             VFIO_DEVICE_FEATURE_SET,
             Vec::new(),
         );
-        self.started(role, "SET DMA_LOGGING_STOP", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "SET DMA_LOGGING_STOP", String::new(), key);
         let ctx = self.role(role)?;
         let r = ctx.dev.feature(&mut req);
         ctx.logging = false;
@@ -161,19 +148,9 @@ impl Exec<'_, '_> {
         let alive = ctx.dev.get_state();
         let state = alive.ok();
         let got = r.map(|()| 0);
-        self.record(
-            role,
-            "SET DMA_LOGGING_STOP",
-            String::new(),
-            step_return(&got),
-            state,
-            0,
-            t0,
-            key,
-        );
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None => self.check(
+        self.record(call, Returned::of(&got).in_state(state), key);
+        if !self.expected_result(key, expect, &got) {
+            self.check(
                 key,
                 Check::builtin(
                     "survives",
@@ -182,7 +159,7 @@ impl Exec<'_, '_> {
                     "the device still answers GET MIG_DEVICE_STATE after STOP".into(),
                     format!("STOP {}; GET {alive:?}", ret_text(&got)),
                 ),
-            ),
+            );
         }
         Ok(())
     }
@@ -218,26 +195,15 @@ impl Exec<'_, '_> {
             .collect();
         let before = req.bitmap.clone();
         let args = format!("iova {iova:#x}, length {length:#x}, page_size {page_size}");
-        self.started(role, "GET DMA_LOGGING_REPORT", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "GET DMA_LOGGING_REPORT", args, key);
         let ctx = self.role(role)?;
         let logging = ctx.logging;
         let r = ctx.dev.feature(&mut req);
         let state = ctx.state;
         let got = r.map(|()| 0);
-        self.record(
-            role,
-            "GET DMA_LOGGING_REPORT",
-            args,
-            step_return(&got),
-            state,
-            0,
-            t0,
-            key,
-        );
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None => match (expect_report(iova, length, page_size), logging) {
+        self.record(call, Returned::of(&got).in_state(state), key);
+        if !self.expected_result(key, expect, &got) {
+            match (expect_report(iova, length, page_size), logging) {
                 (Err(want), _) => self.check(
                     key,
                     Check::builtin(
@@ -274,7 +240,7 @@ impl Exec<'_, '_> {
                         ),
                     );
                 }
-            },
+            };
         }
         if let Err(e) = r {
             if logging && expect_report(iova, length, page_size).is_ok() {
@@ -325,18 +291,17 @@ impl Exec<'_, '_> {
                     .sum();
                 self.check(
                     key,
-                    Check {
-                        kind: "clean",
-                        ids: e.ids.clone(),
-                        strength: e.strength,
-                        pass: (added == 0) == want,
-                        expected: if want {
+                    Check::expected(
+                        e,
+                        "clean",
+                        (added == 0) == want,
+                        if want {
                             "no dirty pages".into()
                         } else {
                             "dirty pages reported".into()
                         },
-                        observed: format!("{added} dirty pages"),
-                    },
+                        format!("{added} dirty pages"),
+                    ),
                 );
             }
         }

@@ -33,7 +33,7 @@ use crate::uapi::{errno_name, Errno, MigState};
 
 pub use caps::{applicable, probe_caps, restore, DeviceCaps, RunSettings};
 use judge::CheckAgg;
-pub(crate) use judge::{ret_text, step_return, strength_of, Check, StepKey};
+pub(crate) use judge::{ret_text, strength_of, Call, Check, Returned, StepKey};
 use stream::StreamBuf;
 
 /// How a case runs.

@@ -2,8 +2,6 @@
 //! layout and the PCI IDs read through the config region.
 #![forbid(unsafe_code)]
 
-use std::time::Instant;
-
 use super::v1::V1Region;
 use super::*;
 use crate::device::DeviceExt;
@@ -13,18 +11,9 @@ impl Exec<'_, '_> {
     /// Reads the PCI vendor and device ID from config space through the
     /// region path and compares them with sysfs where sysfs has them.
     pub(super) fn config_ids(&mut self, role: Role, key: &StepKey) -> Flow {
-        let t0 = Instant::now();
+        let call = Call::quiet(role, "pread", "config space vendor/device ID".into());
         let r = self.role(role)?.dev.pci_config_ids();
-        self.record(
-            role,
-            "pread",
-            "config space vendor/device ID".into(),
-            step_return(&r.map(|_| 4)),
-            None,
-            4,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&r.map(|_| 4)).moved(4), key);
         let ids = r.map_err(|e| {
             Abort::Harness(format!(
                 "reading config space failed with {}",

@@ -5,8 +5,6 @@
 
 mod transfer;
 
-use std::time::Instant;
-
 use results::{Direction, Event, V1Iteration};
 
 use super::stream::StreamBuf;
@@ -128,8 +126,7 @@ impl Exec<'_, '_> {
     ) -> Result<Result<u64, Errno>, Abort> {
         let region = self.region(role)?;
         let args = format!("{name} ({width} bytes at {off})");
-        self.started(role, "pread", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "pread", args, key);
         let mut b = [0u8; 8];
         let r = self
             .role(role)?
@@ -142,16 +139,7 @@ impl Exec<'_, '_> {
                 Err(Errno::EIO)
             }
         });
-        self.record(
-            role,
-            "pread",
-            args,
-            step_return(&value.map(|v| v as i64)),
-            None,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&value.map(|v| v as i64)), key);
         Ok(value)
     }
 
@@ -166,24 +154,14 @@ impl Exec<'_, '_> {
     ) -> Result<Result<(), Errno>, Abort> {
         let region = self.region(role)?;
         let args = format!("{name} = {value:#x} ({width} bytes at {off})");
-        self.started(role, "pwrite", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "pwrite", args, key);
         let bytes = value.to_le_bytes();
         let r = self
             .role(role)?
             .dev
             .region_write(region.offset + off, &bytes[..width]);
         let r = r.and_then(|n| if n == width { Ok(()) } else { Err(Errno::EIO) });
-        self.record(
-            role,
-            "pwrite",
-            args,
-            step_return(&r.map(|()| 0)),
-            None,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&r.map(|()| 0)), key);
         Ok(r)
     }
 
@@ -226,33 +204,35 @@ impl Exec<'_, '_> {
             &a.field,
         )?;
         let got = r.map(|v| v as i64);
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None if odd => self.check(
-                key,
-                Check::builtin(
-                    "refused",
-                    "V1-REGION-02",
-                    r.is_err(),
-                    format!(
-                        "a {}-byte access at offset {} of `{}` fails",
-                        a.width,
-                        off + u64::from(a.skew),
-                        a.field
+        if !self.expected_result(key, expect, &got) {
+            if odd {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "refused",
+                        "V1-REGION-02",
+                        r.is_err(),
+                        format!(
+                            "a {}-byte access at offset {} of `{}` fails",
+                            a.width,
+                            off + u64::from(a.skew),
+                            a.field
+                        ),
+                        ret_text(&got),
                     ),
-                    ret_text(&got),
-                ),
-            ),
-            None => self.check(
-                key,
-                Check::builtin(
-                    "result",
-                    "V1-REGION-02",
-                    r.is_ok(),
-                    format!("reading `{}` at its natural width works", a.field),
-                    ret_text(&got),
-                ),
-            ),
+                );
+            } else {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V1-REGION-02",
+                        r.is_ok(),
+                        format!("reading `{}` at its natural width works", a.field),
+                        ret_text(&got),
+                    ),
+                );
+            }
         }
         let Ok(v) = r else { return Ok(()) };
         if a.field == "reserved" && !odd {
@@ -363,14 +343,13 @@ impl Exec<'_, '_> {
                 Ok(v) => self.check_cmp(key, "value", e, c, v)?,
                 Err(err) => self.check(
                     key,
-                    Check {
-                        kind: "value",
-                        ids: e.ids.clone(),
-                        strength: e.strength,
-                        pass: false,
-                        expected: format!("{} {c}", a.field),
-                        observed: format!("reading it failed with {}", errno_name(err)),
-                    },
+                    Check::expected(
+                        e,
+                        "value",
+                        false,
+                        format!("{} {c}", a.field),
+                        format!("reading it failed with {}", errno_name(err)),
+                    ),
                 ),
             }
         }
@@ -501,20 +480,10 @@ impl Exec<'_, '_> {
     }
 
     pub(super) fn v1_reset(&mut self, role: Role, key: &StepKey) -> Flow {
-        self.started(role, "VFIO_DEVICE_RESET", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "VFIO_DEVICE_RESET", String::new(), key);
         let was = self.device_state(role, key)?.ok();
         let r = self.role(role)?.dev.reset();
-        self.record(
-            role,
-            "VFIO_DEVICE_RESET",
-            String::new(),
-            step_return(&r.map(|()| 0)),
-            None,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&r.map(|()| 0)), key);
         let now = self.device_state(role, key)?;
         let id = if was.is_some_and(|s| s.is_error()) {
             "V1-STATE-05"

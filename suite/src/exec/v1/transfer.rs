@@ -32,10 +32,10 @@ impl Exec<'_, '_> {
         self.buffers
             .entry(into.to_string())
             .or_insert_with(|| StreamBuf::new(self.opts.spill_threshold));
-        self.started(
+        let mut call = self.start(
             role,
             "v1 save",
-            &format!("into `{into}`, at most {bound} iterations"),
+            format!("into `{into}`, at most {bound} iterations"),
             key,
         );
         let t0 = Instant::now();
@@ -119,14 +119,10 @@ impl Exec<'_, '_> {
             iterations += 1;
             last_pending = Some((pending, data_size));
         };
+        call.set_args(format!("{iterations} iterations into `{into}`"));
         self.record(
-            role,
-            "v1 save",
-            format!("{iterations} iterations into `{into}`"),
-            StepReturn::Ok(total as i64),
-            None,
-            total,
-            t0,
+            call,
+            Returned::ret(StepReturn::Ok(total as i64)).moved(total),
             key,
         );
         self.transfer(role, Direction::Save, total, nanos(t0.elapsed()), 0, None);
@@ -282,14 +278,13 @@ impl Exec<'_, '_> {
         }) {
             Some(e) => self.check(
                 key,
-                Check {
-                    kind: "rejected",
-                    ids: e.ids.clone(),
-                    strength: e.strength,
-                    pass: !accepted,
-                    expected: "a data_size write or leaving _RESUMING fails".into(),
+                Check::expected(
+                    e,
+                    "rejected",
+                    !accepted,
+                    "a data_size write or leaving _RESUMING fails".into(),
                     observed,
-                },
+                ),
             ),
             None => {
                 let (ids, strength) = match expect {

@@ -43,7 +43,7 @@ impl Exec<'_, '_> {
                 ReadUntil::Once => "once",
             }
         );
-        self.started(role, "read", &args, key);
+        let mut call = self.start(role, "read", args.clone(), key);
         let t0 = Instant::now();
         let (total, end, enomsg_seen) = self.read_loop(role, fd, chunk, until, bound, into)?;
         let ret = match end {
@@ -58,16 +58,8 @@ impl Exec<'_, '_> {
             End::NotReady => StepReturn::TimedOut,
             _ => StepReturn::Ok(total as i64),
         };
-        self.record(
-            role,
-            "read",
-            format!("{args}: {}", end_text(end)),
-            ret,
-            state,
-            total,
-            t0,
-            key,
-        );
+        call.set_args(format!("{args}: {}", end_text(end)));
+        self.record(call, Returned::ret(ret).in_state(state).moved(total), key);
         if until == ReadUntil::Eof {
             let dur = nanos(t0.elapsed());
             let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
@@ -95,17 +87,16 @@ impl Exec<'_, '_> {
                 );
                 self.check(
                     key,
-                    Check {
-                        kind: "end",
-                        ids: e.ids.clone(),
-                        strength: e.strength,
+                    Check::expected(
+                        e,
+                        "end",
                         pass,
-                        expected: match want {
+                        match want {
                             EndExpect::Eof => "read returns 0".into(),
                             EndExpect::Enomsg => "read fails with ENOMSG".into(),
                         },
-                        observed: end_text(end),
-                    },
+                        end_text(end),
+                    ),
                 );
             }
         }
@@ -352,8 +343,7 @@ impl Exec<'_, '_> {
         self.reserve_buf(len);
         let op = if write { "pwrite" } else { "pread" };
         let args = format!("fd {fd}, {len} bytes at offset {offset}");
-        self.started(role, op, &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, op, args, key);
         let ctx = role_of(&mut self.roles, role)?;
         let r = if write {
             ctx.dev.data_pwrite(fd, &self.buf[..len], offset)
@@ -362,22 +352,19 @@ impl Exec<'_, '_> {
         };
         let state = ctx.state;
         let got = r.map(|n| n as i64);
-        self.record(role, op, args, step_return(&got), state, 0, t0, key);
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None => {
-                let id = if write { "V2-RESUME-07" } else { "V2-SAVE-04" };
-                self.check(
-                    key,
-                    Check::builtin(
-                        "refused",
-                        id,
-                        r.is_err(),
-                        format!("{op} fails (ESPIPE in known drivers)"),
-                        ret_text(&got),
-                    ),
-                );
-            }
+        self.record(call, Returned::of(&got).in_state(state), key);
+        if !self.expected_result(key, expect, &got) {
+            let id = if write { "V2-RESUME-07" } else { "V2-SAVE-04" };
+            self.check(
+                key,
+                Check::builtin(
+                    "refused",
+                    id,
+                    r.is_err(),
+                    format!("{op} fails (ESPIPE in known drivers)"),
+                    ret_text(&got),
+                ),
+            );
         }
         Ok(())
     }
@@ -453,24 +440,14 @@ impl Exec<'_, '_> {
             w.chunk,
             mutation_text(&w.mutation)
         );
-        self.started(role, "write", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "write", args, key);
         let (written, err) = self.write_stream(role, fd, w)?;
         let state = self.role(role)?.state;
         let got: Result<i64, Errno> = match err {
             Some(e) => Err(e),
             None => Ok(written as i64),
         };
-        self.record(
-            role,
-            "write",
-            args,
-            step_return(&got),
-            state,
-            written,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&got).in_state(state).moved(written), key);
         if err == Some(Errno::ETIMEDOUT) {
             self.check(
                 key,
@@ -521,29 +498,27 @@ impl Exec<'_, '_> {
             "fd {fd}, {events:?}, {}",
             humantime::format_duration(timeout)
         );
-        self.started(role, "poll", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "poll", args, key);
         let limit = timeout.min(self.opts.io_timeout);
         let r = self.role(role)?.dev.data_poll(fd, events, limit);
         let state = self.role(role)?.state;
         let got = r.map(|ev| i64::from(ev.bits()));
-        self.record(role, "poll", args, step_return(&got), state, 0, t0, key);
+        self.record(call, Returned::of(&got).in_state(state), key);
         if let Some((e, want)) = expect.and_then(|e| e.readable.map(|w| (e, w))) {
             let is = r.is_ok_and(|ev| ev.contains(PollFlags::POLLIN));
             self.check(
                 key,
-                Check {
-                    kind: "readable",
-                    ids: e.ids.clone(),
-                    strength: e.strength,
-                    pass: is == want,
-                    expected: if want {
+                Check::expected(
+                    e,
+                    "readable",
+                    is == want,
+                    if want {
                         "readable".into()
                     } else {
                         "not readable".into()
                     },
-                    observed: format!("{r:?}"),
-                },
+                    format!("{r:?}"),
+                ),
             );
         }
         Ok(())
@@ -577,19 +552,10 @@ impl Exec<'_, '_> {
                 "no data session is open on the {role}"
             )));
         };
-        let t0 = Instant::now();
+        let call = Call::quiet(role, "close", format!("fd {}", s.fd));
         let r = ctx.dev.data_close(s.fd);
         let state = ctx.state;
-        self.record(
-            role,
-            "close",
-            format!("fd {}", s.fd),
-            step_return(&r.map(|()| 0)),
-            state,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&r.map(|()| 0)).in_state(state), key);
         Ok(())
     }
 
@@ -618,31 +584,21 @@ impl Exec<'_, '_> {
             SessionKind::Saving => "read",
             SessionKind::Resuming => "write",
         };
-        self.started(role, probe_op, &format!("fd {fd} of an ended session"), key);
+        let call = self.start(role, probe_op, format!("fd {fd} of an ended session"), key);
         let ctx = role_of(&mut self.roles, role)?;
-        let t0 = Instant::now();
-        let (op, r) = match kind {
+        let r = match kind {
             SessionKind::Saving => {
                 let _ = ctx
                     .dev
                     .data_poll(fd, PollFlags::POLLIN, std::time::Duration::ZERO);
-                ("read", ctx.dev.data_read(fd, &mut self.buf[..4096]))
+                ctx.dev.data_read(fd, &mut self.buf[..4096])
             }
-            SessionKind::Resuming => ("write", ctx.dev.data_write(fd, &self.buf[..16])),
+            SessionKind::Resuming => ctx.dev.data_write(fd, &self.buf[..16]),
         };
         let _ = ctx.dev.data_close(fd);
         let state = ctx.state;
         let got = r.map(|n| n as i64);
-        self.record(
-            role,
-            op,
-            format!("fd {fd} of an ended session"),
-            step_return(&got),
-            state,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&got).in_state(state), key);
         let ids: &[&str] = match (by, kind) {
             (EndedBy::Transition, SessionKind::Saving) => &["V2-FSM-09", "V2-SAVE-05"],
             (EndedBy::Transition, SessionKind::Resuming) => &["V2-FSM-09"],

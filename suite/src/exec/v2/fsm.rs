@@ -13,28 +13,28 @@ const RUNNING_STATES: [MigState; 4] = [
     MigState::PreCopyP2p,
 ];
 
+/// A SET and the GET right after it.
+struct SetCall {
+    r: crate::device::SetStateResult,
+    got: Result<i64, Errno>,
+    g: Result<(u32, DataFd), Errno>,
+    after: Option<MigState>,
+    t0: Instant,
+}
+
 impl Exec<'_, '_> {
     pub(super) fn get_state(&mut self, role: Role, expect: Option<&Expect>, key: &StepKey) -> Flow {
-        let t0 = Instant::now();
-        self.started(role, "GET MIG_DEVICE_STATE", "", key);
-        let r = self.role(role)?.dev.get_state_raw();
+        let r = self.call(role, "GET MIG_DEVICE_STATE", String::new(), key, |x| {
+            let r = x.role(role)?.dev.get_state_raw();
+            let got = r.map(|(s, _)| i64::from(s));
+            let now = r.ok().and_then(|(s, _)| MigState::from_raw(s));
+            Ok((r, Returned::of(&got).in_state(now)))
+        })?;
         let got: Result<i64, Errno> = r.map(|(s, _)| i64::from(s));
         let state_now = r.ok().and_then(|(s, _)| MigState::from_raw(s));
-        self.record(
-            role,
-            "GET MIG_DEVICE_STATE",
-            String::new(),
-            step_return(&got),
-            state_now,
-            0,
-            t0,
-            key,
-        );
-        if let Some(want) = expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            self.check_result(key, want.0, want.1, &got);
-        }
+        let explicit = self.expected_result(key, expect, &got);
         let Ok((raw, fd)) = r else {
-            if expect.is_none_or(|e| e.result.is_none()) {
+            if !explicit {
                 self.check(
                     key,
                     Check::builtin(
@@ -63,14 +63,7 @@ impl Exec<'_, '_> {
             let want = self.resolve_state(e.state.as_ref().expect("filtered"))?;
             self.check(
                 key,
-                Check {
-                    kind: "state",
-                    ids: e.ids.clone(),
-                    strength: e.strength,
-                    pass: raw == want,
-                    expected: state_name(want),
-                    observed: state_name(raw),
-                },
+                Check::expected(e, "state", raw == want, state_name(want), state_name(raw)),
             );
         } else if let Some(t) = tracked {
             self.check(
@@ -97,17 +90,9 @@ impl Exec<'_, '_> {
         expect: Option<&Expect>,
         key: &StepKey,
     ) -> Result<SetOutcome, Abort> {
+        let cur = self.current_state(role)?;
         let ctx = self.role(role)?;
         let flags = ctx.flags;
-        let cur = match ctx.state {
-            Some(s) => s,
-            None => ctx.dev.get_state().map_err(|e| {
-                Abort::Harness(format!(
-                    "GET MIG_DEVICE_STATE failed with {}",
-                    errno_name(e)
-                ))
-            })?,
-        };
         // Leaving RESUMING makes the driver judge the data written: without a
         // complete stream it must refuse (V2-RESUME-03), whatever the table says.
         let unloaded = cur == MigState::Resuming && !ctx.resume_loaded;
@@ -120,46 +105,18 @@ impl Exec<'_, '_> {
             ));
             return Ok(SetOutcome { ok: false });
         }
-        self.started(role, "SET MIG_DEVICE_STATE", &args, key);
-        let t0 = Instant::now();
-        let r = self.role(role)?.dev.set_state(target);
-        let took = nanos(t0.elapsed());
-        let got: Result<i64, Errno> = r.result.map(|()| i64::from(r.data_fd));
-        let t_get = Instant::now();
-        let g = self.role(role)?.dev.get_state_raw();
-        let after = g.ok().and_then(|(s, _)| MigState::from_raw(s));
-        self.record(
-            role,
-            "SET MIG_DEVICE_STATE",
-            args,
-            step_return(&got),
+        let SetCall {
+            r,
+            got,
+            g,
             after,
-            0,
             t0,
-            key,
-        );
-        let g_ret: Result<i64, Errno> = g.map(|(s, _)| i64::from(s));
-        self.record(
-            role,
-            "GET MIG_DEVICE_STATE",
-            String::new(),
-            step_return(&g_ret),
-            after,
-            0,
-            t_get,
-            key,
-        );
-        if r.result.is_ok() {
-            (self.sink)(Event::Latency {
-                arc: format!("{cur}>{}", state_name(target)),
-                ns: took,
-            });
-        }
+        } = self.set_and_get(role, cur, target, args, true, key)?;
 
         // The result of the SET itself.
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None if incomplete => self.check(
+        let explicit = self.expected_result(key, expect, &got);
+        if !explicit && incomplete {
+            self.check(
                 key,
                 Check::builtin(
                     "result",
@@ -168,30 +125,27 @@ impl Exec<'_, '_> {
                     "an error: no complete stream was written in RESUMING".into(),
                     ret_text(&got),
                 ),
-            ),
-            None => {
-                let (id, pass) = match &model {
-                    Expectation::NoOp => ("V2-FSM-06", r.result.is_ok()),
-                    Expectation::Moves { .. } => ("V2-FSM-07", r.result.is_ok()),
-                    Expectation::Refused(why) => {
-                        (why.requirement(), r.result == Err(Errno::EINVAL))
-                    }
+            );
+        } else if !explicit {
+            let (id, pass) = match &model {
+                Expectation::NoOp => ("V2-FSM-06", r.result.is_ok()),
+                Expectation::Moves { .. } => ("V2-FSM-07", r.result.is_ok()),
+                Expectation::Refused(why) => (why.requirement(), r.result == Err(Errno::EINVAL)),
+            };
+            self.check_lazy(key, "result", pass, || {
+                let expected = match &model {
+                    Expectation::NoOp => "success (already there)".to_string(),
+                    Expectation::Moves { path, .. } => format!(
+                        "success via {}",
+                        path.iter()
+                            .map(|s| s.name())
+                            .collect::<Vec<_>>()
+                            .join(" -> ")
+                    ),
+                    Expectation::Refused(_) => "EINVAL".to_string(),
                 };
-                self.check_lazy(key, "result", pass, || {
-                    let expected = match &model {
-                        Expectation::NoOp => "success (already there)".to_string(),
-                        Expectation::Moves { path, .. } => format!(
-                            "success via {}",
-                            path.iter()
-                                .map(|s| s.name())
-                                .collect::<Vec<_>>()
-                                .join(" -> ")
-                        ),
-                        Expectation::Refused(_) => "EINVAL".to_string(),
-                    };
-                    Check::builtin("result", id, pass, expected, ret_text(&got))
-                });
-            }
+                Check::builtin("result", id, pass, expected, ret_text(&got))
+            });
         }
 
         let g_state = g.map(|(s, _)| s);
@@ -223,14 +177,7 @@ impl Exec<'_, '_> {
                         let e = expect.expect("explicit data_fd");
                         self.check(
                             key,
-                            Check {
-                                kind: "data-fd",
-                                ids: e.ids.clone(),
-                                strength: e.strength,
-                                pass,
-                                expected: expected(),
-                                observed: observed(),
-                            },
+                            Check::expected(e, "data-fd", pass, expected(), observed()),
                         );
                     }
                 }
@@ -249,14 +196,7 @@ impl Exec<'_, '_> {
                 match e {
                     Some(e) => self.check(
                         key,
-                        Check {
-                            kind: "state",
-                            ids: e.ids.clone(),
-                            strength: e.strength,
-                            pass,
-                            expected: state_name(want),
-                            observed: observed(),
-                        },
+                        Check::expected(e, "state", pass, state_name(want), observed()),
                     ),
                     None => self.check_lazy(key, "state", pass, || {
                         Check::builtin(
@@ -391,43 +331,65 @@ impl Exec<'_, '_> {
         target: u32,
         key: &StepKey,
     ) -> Result<bool, Abort> {
+        let cur = self.current_state(role)?;
+        let model = model::expect_set(self.role(role)?.flags, cur, target);
+        let args = format!("{cur} -> {}", state_name(target));
+        let SetCall { r, after, t0, .. } = self.set_and_get(role, cur, target, args, false, key)?;
+        self.after_set(role, cur, &model, &r, after, t0)?;
+        Ok(r.result.is_ok())
+    }
+
+    /// The state the executor tracks, or a GET when it does not know.
+    fn current_state(&mut self, role: Role) -> Result<MigState, Abort> {
         let ctx = self.role(role)?;
-        let cur = match ctx.state {
-            Some(s) => s,
+        match ctx.state {
+            Some(s) => Ok(s),
             None => ctx.dev.get_state().map_err(|e| {
                 Abort::Harness(format!(
                     "GET MIG_DEVICE_STATE failed with {}",
                     errno_name(e)
                 ))
-            })?,
-        };
-        let model = model::expect_set(ctx.flags, cur, target);
-        let args = format!("{cur} -> {}", state_name(target));
-        self.started(role, "SET MIG_DEVICE_STATE", &args, key);
+            }),
+        }
+    }
+
+    /// SET `target` from `cur` and GET right after, both recorded (the GET
+    /// only when `record_get`), with the arc's latency when the SET worked.
+    fn set_and_get(
+        &mut self,
+        role: Role,
+        cur: MigState,
+        target: u32,
+        args: String,
+        record_get: bool,
+        key: &StepKey,
+    ) -> Result<SetCall, Abort> {
+        let set = self.start(role, "SET MIG_DEVICE_STATE", args, key);
         let t0 = Instant::now();
         let r = self.role(role)?.dev.set_state(target);
         let took = nanos(t0.elapsed());
         let got: Result<i64, Errno> = r.result.map(|()| i64::from(r.data_fd));
+        let get = Call::quiet(role, "GET MIG_DEVICE_STATE", String::new());
         let g = self.role(role)?.dev.get_state_raw();
         let after = g.ok().and_then(|(s, _)| MigState::from_raw(s));
-        self.record(
-            role,
-            "SET MIG_DEVICE_STATE",
-            args,
-            step_return(&got),
-            after,
-            0,
-            t0,
-            key,
-        );
+        self.record(set, Returned::of(&got).in_state(after), key);
+        if record_get {
+            let g_ret = g.map(|(s, _)| i64::from(s));
+            self.record(get, Returned::of(&g_ret).in_state(after), key);
+        }
         if r.result.is_ok() {
             (self.sink)(Event::Latency {
                 arc: format!("{cur}>{}", state_name(target)),
                 ns: took,
             });
         }
-        self.after_set(role, cur, &model, &r, after, t0)?;
-        Ok(r.result.is_ok())
+        Ok(SetCall {
+            r,
+            got,
+            g,
+            after,
+            t0,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -465,20 +427,10 @@ impl Exec<'_, '_> {
             op_names(flags),
             req.data.len()
         );
-        self.started(role, "VFIO_DEVICE_FEATURE", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "VFIO_DEVICE_FEATURE", args, key);
         let r = self.role(role)?.dev.feature(&mut req);
         let got = r.map(|()| 0i64);
-        self.record(
-            role,
-            "VFIO_DEVICE_FEATURE",
-            args,
-            step_return(&got),
-            None,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&got), key);
         if let Some(e) = expect {
             if let Some(w) = &e.result {
                 self.check_result(key, e, w, &got);
@@ -487,22 +439,21 @@ impl Exec<'_, '_> {
                 let same = req.data == before;
                 self.check(
                     key,
-                    Check {
-                        kind: "payload",
-                        ids: e.ids.clone(),
-                        strength: e.strength,
-                        pass: same == u,
-                        expected: if u {
+                    Check::expected(
+                        e,
+                        "payload",
+                        same == u,
+                        if u {
                             "payload untouched".into()
                         } else {
                             "payload written".into()
                         },
-                        observed: if same {
+                        if same {
                             "payload untouched".into()
                         } else {
                             "payload written".into()
                         },
-                    },
+                    ),
                 );
             }
         }
@@ -547,20 +498,10 @@ impl Exec<'_, '_> {
         expect: Option<&Expect>,
         key: &StepKey,
     ) -> Flow {
-        self.started(role, "GET MIGRATION", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "GET MIGRATION", String::new(), key);
         let r = self.role(role)?.dev.migration_flags();
         let got = r.map(|f| f.0 as i64);
-        self.record(
-            role,
-            "GET MIGRATION",
-            String::new(),
-            step_return(&got),
-            None,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&got), key);
         match r {
             Ok(f) => {
                 self.check(
@@ -597,25 +538,14 @@ impl Exec<'_, '_> {
         expect: Option<&Expect>,
         key: &StepKey,
     ) -> Result<Option<u64>, Abort> {
-        self.started(role, "GET MIG_DATA_SIZE", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "GET MIG_DATA_SIZE", String::new(), key);
         let ctx = self.role(role)?;
         let r = ctx.dev.stop_copy_length();
         let state = ctx.state;
         let got = r.map(|v| v as i64);
-        self.record(
-            role,
-            "GET MIG_DATA_SIZE",
-            String::new(),
-            step_return(&got),
-            state,
-            0,
-            t0,
-            key,
-        );
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None => self.check(
+        self.record(call, Returned::of(&got).in_state(state), key);
+        if !self.expected_result(key, expect, &got) {
+            self.check(
                 key,
                 Check::builtin(
                     "result",
@@ -624,7 +554,7 @@ impl Exec<'_, '_> {
                     format!("GET works in {}", state.map_or("any state", MigState::name)),
                     ret_text(&got),
                 ),
-            ),
+            );
         }
         if let Ok(v) = r {
             self.vars.insert("stop_copy_length".into(), v);

@@ -2,31 +2,18 @@
 //! and reopening the device.
 #![forbid(unsafe_code)]
 
-use std::time::Instant;
-
 use super::*;
 
 impl Exec<'_, '_> {
     pub(super) fn reset(&mut self, role: Role, expect: Option<&Expect>, key: &StepKey) -> Flow {
-        self.started(role, "VFIO_DEVICE_RESET", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "VFIO_DEVICE_RESET", String::new(), key);
         let had_session = self.role(role)?.session.is_some();
         let r = self.role(role)?.dev.reset();
         let got = r.map(|()| 0);
         let g = self.role(role)?.dev.get_state();
-        self.record(
-            role,
-            "VFIO_DEVICE_RESET",
-            String::new(),
-            step_return(&got),
-            g.ok(),
-            0,
-            t0,
-            key,
-        );
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None => self.check(
+        self.record(call, Returned::of(&got).in_state(g.ok()), key);
+        if !self.expected_result(key, expect, &got) {
+            self.check(
                 key,
                 Check::builtin(
                     "result",
@@ -35,7 +22,7 @@ impl Exec<'_, '_> {
                     "reset succeeds".into(),
                     ret_text(&got),
                 ),
-            ),
+            );
         }
         let want = match expect.and_then(|e| e.state.as_ref()) {
             Some(s) => self.resolve_state(s)?,
@@ -71,17 +58,11 @@ impl Exec<'_, '_> {
     /// V2-RESET-03: ERROR is left only by reset. Applies only when the
     /// device is in ERROR.
     pub(super) fn error_state(&mut self, role: Role, key: &StepKey) -> Flow {
-        self.started(role, "GET MIG_DEVICE_STATE", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "GET MIG_DEVICE_STATE", String::new(), key);
         let g = self.role(role)?.dev.get_state();
         self.record(
-            role,
-            "GET MIG_DEVICE_STATE",
-            String::new(),
-            step_return(&g.map(|s| i64::from(s.raw()))),
-            g.ok(),
-            0,
-            t0,
+            call,
+            Returned::of(&g.map(|s| i64::from(s.raw()))).in_state(g.ok()),
             key,
         );
         if g != Ok(MigState::Error) {
@@ -108,19 +89,9 @@ impl Exec<'_, '_> {
     }
 
     pub(super) fn close_device(&mut self, role: Role, key: &StepKey) -> Flow {
-        self.started(role, "close device fd", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "close device fd", String::new(), key);
         let r = self.role(role)?.dev.close_device();
-        self.record(
-            role,
-            "close device fd",
-            String::new(),
-            step_return(&r.map(|()| 0)),
-            None,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&r.map(|()| 0)), key);
         // The session cannot outlive the device file (V2-FSM-13).
         self.end_session(role, EndedBy::DeviceClosed)?;
         self.role(role)?.state = None;
@@ -134,20 +105,10 @@ impl Exec<'_, '_> {
     }
 
     pub(super) fn reopen(&mut self, role: Role, key: &StepKey) -> Flow {
-        self.started(role, "open device", "", key);
-        let t0 = Instant::now();
+        let call = self.start(role, "open device", String::new(), key);
         let r = self.role(role)?.dev.reopen();
         let g = self.role(role)?.dev.get_state().ok();
-        self.record(
-            role,
-            "open device",
-            String::new(),
-            step_return(&r.map(|()| 0)),
-            g,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&r.map(|()| 0)).in_state(g), key);
         if let Err(e) = r {
             return Err(Abort::Harness(format!(
                 "reopening the device failed with {}",

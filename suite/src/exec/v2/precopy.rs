@@ -1,8 +1,6 @@
 //! PRE_COPY: VFIO_MIG_GET_PRECOPY_INFO and other ioctls on the saving fd.
 #![forbid(unsafe_code)]
 
-use std::time::Instant;
-
 use super::*;
 
 impl Exec<'_, '_> {
@@ -23,59 +21,52 @@ impl Exec<'_, '_> {
         }
         .to_bytes();
         let args = format!("fd {fd}, argsz {argsz}, flags {in_flags:#x}");
-        self.started(role, "VFIO_MIG_GET_PRECOPY_INFO", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "VFIO_MIG_GET_PRECOPY_INFO", args, key);
         let ctx = self.role(role)?;
         let r = ctx.dev.data_ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &mut arg);
         let state = ctx.state;
         let v2 = ctx.precopy_info_v2;
         let got = r.map(i64::from);
-        self.record(
-            role,
-            "VFIO_MIG_GET_PRECOPY_INFO",
-            args,
-            step_return(&got),
-            state,
-            0,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&got).in_state(state), key);
         let in_precopy = state.is_some_and(MigState::is_precopy);
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None if (argsz as usize) < VfioPrecopyInfo::SIZE => self.check(
-                key,
-                Check::builtin(
-                    "result",
-                    "V2-PRECOPY-03",
-                    r == Err(Errno::EINVAL),
-                    "EINVAL for argsz below 24".into(),
-                    ret_text(&got),
-                ),
-            ),
-            None if in_precopy => self.check(
-                key,
-                Check::builtin(
-                    "result",
-                    "V2-PRECOPY-01",
-                    r.is_ok(),
-                    "works in PRE_COPY states".into(),
-                    ret_text(&got),
-                ),
-            ),
-            None => self.check(
-                key,
-                Check::builtin(
-                    "result",
-                    "V2-PRECOPY-02",
-                    r == Err(Errno::EINVAL),
-                    format!(
-                        "EINVAL outside PRE_COPY (in {})",
-                        state.map_or("an unknown state", MigState::name)
+        if !self.expected_result(key, expect, &got) {
+            if (argsz as usize) < VfioPrecopyInfo::SIZE {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-PRECOPY-03",
+                        r == Err(Errno::EINVAL),
+                        "EINVAL for argsz below 24".into(),
+                        ret_text(&got),
                     ),
-                    ret_text(&got),
-                ),
-            ),
+                );
+            } else if in_precopy {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-PRECOPY-01",
+                        r.is_ok(),
+                        "works in PRE_COPY states".into(),
+                        ret_text(&got),
+                    ),
+                );
+            } else {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-PRECOPY-02",
+                        r == Err(Errno::EINVAL),
+                        format!(
+                            "EINVAL outside PRE_COPY (in {})",
+                            state.map_or("an unknown state", MigState::name)
+                        ),
+                        ret_text(&got),
+                    ),
+                );
+            }
         }
         if r.is_err() {
             return Ok(());
@@ -185,26 +176,26 @@ impl Exec<'_, '_> {
         let mut arg = vec![0u8; (argsz as usize).max(VfioPrecopyInfo::SIZE)];
         put_u32(&mut arg, 0, argsz);
         let args = format!("fd {fd}, request {request:#x}, argsz {argsz}");
-        self.started(role, "ioctl", &args, key);
-        let t0 = Instant::now();
+        let call = self.start(role, "ioctl", args, key);
         let ctx = self.role(role)?;
         let r = ctx.dev.data_ioctl(fd, request, &mut arg);
         let state = ctx.state;
         let got = r.map(i64::from);
-        self.record(role, "ioctl", args, step_return(&got), state, 0, t0, key);
-        match expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
-            Some((e, w)) => self.check_result(key, e, w, &got),
-            None if request != VFIO_MIG_GET_PRECOPY_INFO => self.check(
-                key,
-                Check::builtin(
-                    "result",
-                    "V2-PRECOPY-03",
-                    r == Err(Errno::ENOTTY),
-                    "ENOTTY for another ioctl number".into(),
-                    ret_text(&got),
-                ),
-            ),
-            None => {}
+        self.record(call, Returned::of(&got).in_state(state), key);
+        if !self.expected_result(key, expect, &got) {
+            if request != VFIO_MIG_GET_PRECOPY_INFO {
+                self.check(
+                    key,
+                    Check::builtin(
+                        "result",
+                        "V2-PRECOPY-03",
+                        r == Err(Errno::ENOTTY),
+                        "ENOTTY for another ioctl number".into(),
+                        ret_text(&got),
+                    ),
+                );
+            } else {
+            }
         }
         Ok(())
     }

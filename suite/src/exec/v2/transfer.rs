@@ -92,7 +92,7 @@ impl Exec<'_, '_> {
             w.chunk,
             mutation_text(&w.mutation)
         );
-        self.started(role, "write", &args, key);
+        let call = self.start(role, "write", args, key);
         let t0 = Instant::now();
         let (written, err) = self.write_stream(role, fd, w)?;
         let got: Result<i64, Errno> = match err {
@@ -100,16 +100,7 @@ impl Exec<'_, '_> {
             None => Ok(written as i64),
         };
         let state = self.role(role)?.state;
-        self.record(
-            role,
-            "write",
-            args,
-            step_return(&got),
-            state,
-            written,
-            t0,
-            key,
-        );
+        self.record(call, Returned::of(&got).in_state(state).moved(written), key);
         self.transfer(
             role,
             Direction::Resume,
@@ -200,14 +191,7 @@ impl Exec<'_, '_> {
                 };
                 self.check(
                     key,
-                    Check {
-                        kind: "rejected",
-                        ids: e.ids.clone(),
-                        strength: e.strength,
-                        pass,
-                        expected,
-                        observed,
-                    },
+                    Check::expected(e, "rejected", pass, expected, observed),
                 );
                 if !stop {
                     self.check(
@@ -255,7 +239,7 @@ impl Exec<'_, '_> {
         let chunk = chunk as usize;
         self.reserve_buf(chunk);
         let args = format!("fd {src} on {role} -> fd {dst} on {to}, chunks of {chunk}");
-        self.started(role, "pipe", &args, key);
+        let call = self.start(role, "pipe", args, key);
         let t0 = Instant::now();
         let mut total = 0u64;
         let mut failure = None;
@@ -308,19 +292,16 @@ impl Exec<'_, '_> {
         }
         let state = self.role(role)?.state;
         self.record(
-            role,
-            "pipe",
-            args,
-            match &failure {
+            call,
+            Returned::ret(match &failure {
                 Some(_) => StepReturn::Errno {
                     name: "EIO".into(),
                     errno: Errno::EIO as i32,
                 },
                 None => StepReturn::Ok(total as i64),
-            },
-            state,
-            total,
-            t0,
+            })
+            .in_state(state)
+            .moved(total),
             key,
         );
         let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
@@ -347,14 +328,13 @@ impl Exec<'_, '_> {
                 if let Some(w) = &e.result {
                     self.check(
                         key,
-                        Check {
-                            kind: "resumed",
-                            ids: e.ids.clone(),
-                            strength: e.strength,
-                            pass: pass == (*w == ResultExpect::Ok),
-                            expected: "stream accepted".into(),
-                            observed: observed.clone(),
-                        },
+                        Check::expected(
+                            e,
+                            "resumed",
+                            pass == (*w == ResultExpect::Ok),
+                            "stream accepted".into(),
+                            observed.clone(),
+                        ),
                     );
                 }
                 if let Some(c) = &e.bytes {
@@ -411,18 +391,17 @@ impl Exec<'_, '_> {
         };
         self.check(
             key,
-            Check {
-                kind: "equal",
-                ids: e.ids.clone(),
-                strength: e.strength,
-                pass: diff.is_none() == want,
-                expected: if want {
+            Check::expected(
+                e,
+                "equal",
+                diff.is_none() == want,
+                if want {
                     format!("`{a}` and `{b}` identical")
                 } else {
                     format!("`{a}` and `{b}` differ")
                 },
                 observed,
-            },
+            ),
         );
         Ok(())
     }
