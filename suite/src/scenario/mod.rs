@@ -10,6 +10,7 @@
 //! `vfio_mig_get_next_state()`); those built-in checks cite their IDs too.
 #![forbid(unsafe_code)]
 
+mod ops;
 mod raw;
 mod validate;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 pub use results::{SourceLoc, Strength};
 
-pub use raw::OPS;
+pub use ops::{Op, OpInfo, Scope, OPERATIONS};
 pub use validate::{parse_size, MAX_TIMEOUT};
 
 /// Which protocol a scenario targets.
@@ -167,185 +168,6 @@ pub enum V1Chunking {
     /// Replay the chunk sizes the save saw (V1-RESUME-02).
     Source,
     Fixed(u64),
-}
-
-/// One operation. See the README's scenario reference for each one's
-/// built-in checks.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    GetState,
-    SetState(StateRef),
-    Feature {
-        feature: u32,
-        /// GET/SET/PROBE bits.
-        ops: u32,
-        extra_flags: u32,
-        argsz: Option<u32>,
-        payload: Option<u64>,
-        state: Option<StateRef>,
-    },
-    MigrationFlags,
-    DataSize,
-    PrecopyInfo {
-        argsz: Option<u32>,
-        flags: u32,
-    },
-    Read {
-        into: Option<String>,
-        chunk: u64,
-        until: ReadUntil,
-        max: Option<u64>,
-    },
-    Pread {
-        offset: u64,
-        len: u64,
-    },
-    Write(WriteSpec),
-    Pwrite {
-        offset: u64,
-        len: u64,
-    },
-    Poll {
-        readable: bool,
-        writable: bool,
-        timeout: Duration,
-    },
-    DataIoctl {
-        request: u64,
-        argsz: u32,
-    },
-    Cloexec,
-    CloseDataFd,
-    SessionEnded,
-    /// If the device is in ERROR: SET must fail and only reset leaves it
-    /// (V2-RESET-03); otherwise the check does not apply.
-    ErrorState,
-    Save {
-        into: String,
-        chunk: u64,
-    },
-    Resume(WriteSpec),
-    Pipe {
-        to: Role,
-        chunk: u64,
-    },
-    Compare {
-        a: String,
-        b: String,
-    },
-    Reset,
-    CloseDevice,
-    Reopen,
-    Sleep(Duration),
-    Repeat {
-        times: u32,
-        steps: Vec<Step>,
-    },
-    ForEach {
-        vars: Vec<(String, StateSet)>,
-        steps: Vec<Step>,
-    },
-    Walk {
-        steps: u64,
-        seed: Option<u64>,
-        invalid: bool,
-    },
-    LoggingStart {
-        page_size: u64,
-        ranges: Vec<(u64, u64)>,
-        num_ranges: Option<u32>,
-    },
-    LoggingStop,
-    LoggingReport {
-        iova: u64,
-        length: u64,
-        page_size: u64,
-    },
-    MigrationRegion,
-    ConfigIds,
-    ReadField {
-        access: FieldAccess,
-        into: Option<String>,
-    },
-    WriteField {
-        access: FieldAccess,
-        value: FieldValue,
-    },
-    V1Save {
-        into: String,
-        max_iterations: u64,
-    },
-    V1Resume {
-        from: String,
-        chunk: V1Chunking,
-        mutation: Mutation,
-        /// Leave RESUMING for running (`true`) or stop.
-        then_running: bool,
-    },
-    /// Resumes `from` twice and saves with and without region accesses
-    /// between clearing _RUNNING and the first `pending_bytes` read, to
-    /// tell which freeze point the device shows (V1-STATE-06).
-    V1Freeze {
-        from: String,
-        touches: u32,
-    },
-}
-
-impl Op {
-    /// Operations of the v1 migration region protocol.
-    pub fn is_v1(&self) -> bool {
-        matches!(
-            self,
-            Op::ReadField { .. }
-                | Op::WriteField { .. }
-                | Op::V1Save { .. }
-                | Op::V1Resume { .. }
-                | Op::V1Freeze { .. }
-        )
-    }
-
-    /// The name the file uses for this operation.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::GetState => "get_state",
-            Op::SetState(_) => "set_state",
-            Op::Feature { .. } => "feature",
-            Op::MigrationFlags => "migration_flags",
-            Op::DataSize => "data_size",
-            Op::PrecopyInfo { .. } => "precopy_info",
-            Op::Read { .. } => "read",
-            Op::Pread { .. } => "pread",
-            Op::Write(_) => "write",
-            Op::Pwrite { .. } => "pwrite",
-            Op::Poll { .. } => "poll",
-            Op::DataIoctl { .. } => "data_ioctl",
-            Op::Cloexec => "cloexec",
-            Op::CloseDataFd => "close_data_fd",
-            Op::SessionEnded => "session_ended",
-            Op::ErrorState => "error_state",
-            Op::Save { .. } => "save",
-            Op::Resume(_) => "resume",
-            Op::Pipe { .. } => "pipe",
-            Op::Compare { .. } => "compare",
-            Op::Reset => "reset",
-            Op::CloseDevice => "close_device",
-            Op::Reopen => "reopen",
-            Op::Sleep(_) => "sleep",
-            Op::Repeat { .. } => "repeat",
-            Op::ForEach { .. } => "for_each",
-            Op::Walk { .. } => "walk",
-            Op::LoggingStart { .. } => "logging_start",
-            Op::LoggingStop => "logging_stop",
-            Op::LoggingReport { .. } => "logging_report",
-            Op::MigrationRegion => "migration_region",
-            Op::ConfigIds => "config_ids",
-            Op::ReadField { .. } => "read_field",
-            Op::WriteField { .. } => "write_field",
-            Op::V1Save { .. } => "v1_save",
-            Op::V1Resume { .. } => "v1_resume",
-            Op::V1Freeze { .. } => "v1_freeze",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -500,7 +322,9 @@ fn collect_ids(steps: &[Step], protocol: Protocol, ids: &mut Vec<String>) {
             ids.extend(e.ids.iter().cloned());
         }
         ids.extend(
-            crate::exec::builtin_ids(&step.op, protocol)
+            step.op
+                .info()
+                .builtin(protocol)
                 .iter()
                 .map(|s| s.to_string()),
         );

@@ -7,6 +7,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::ops::{Op, NAMES};
+
 pub type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize)]
@@ -406,11 +408,10 @@ pub struct RawV1Freeze {
 /// The operation of one step, keyed by its name in the file.
 #[derive(Debug)]
 pub enum RawOp {
-    GetState,
+    /// An operation without arguments.
+    Plain(Op),
     SetState(S<RawScalar>),
     Feature(RawFeature),
-    MigrationFlags,
-    DataSize,
     PrecopyInfo(RawPrecopyInfo),
     Read(RawRead),
     Pread(RawPositioned),
@@ -418,73 +419,22 @@ pub enum RawOp {
     Pwrite(RawPositioned),
     Poll(RawPoll),
     DataIoctl(RawDataIoctl),
-    Cloexec,
-    CloseDataFd,
-    SessionEnded,
-    ErrorState,
     Save(RawSave),
     Resume(RawWrite),
     Pipe(RawPipe),
     Compare(RawCompare),
-    Reset,
-    CloseDevice,
-    Reopen,
     Sleep(S<String>),
     Repeat(RawRepeat),
     ForEach(RawForEach),
     Walk(RawWalk),
     LoggingStart(RawLoggingStart),
-    LoggingStop,
     LoggingReport(RawLoggingReport),
-    MigrationRegion,
-    ConfigIds,
     ReadField(RawReadField),
     WriteField(RawWriteField),
     V1Save(RawV1Save),
     V1Resume(RawV1Resume),
     V1Freeze(RawV1Freeze),
 }
-
-/// Operation names, as accepted in a step and listed in errors.
-pub const OPS: &[&str] = &[
-    "get_state",
-    "set_state",
-    "feature",
-    "migration_flags",
-    "data_size",
-    "precopy_info",
-    "read",
-    "pread",
-    "write",
-    "pwrite",
-    "poll",
-    "data_ioctl",
-    "cloexec",
-    "close_data_fd",
-    "session_ended",
-    "error_state",
-    "save",
-    "resume",
-    "pipe",
-    "compare",
-    "reset",
-    "close_device",
-    "reopen",
-    "sleep",
-    "repeat",
-    "for_each",
-    "walk",
-    "logging_start",
-    "logging_stop",
-    "logging_report",
-    "migration_region",
-    "config_ids",
-    "read_field",
-    "write_field",
-    "v1_save",
-    "v1_resume",
-    "v1_freeze",
-];
 
 #[derive(Debug)]
 pub struct RawStep {
@@ -568,7 +518,7 @@ impl<'de> Deserialize<'de> for RawStep {
                 let op = op.ok_or_else(|| {
                     de::Error::custom(format!(
                         "a step needs an operation, one of: {}",
-                        OPS.join(", ")
+                        NAMES.join(", ")
                     ))
                 })?;
                 Ok(RawStep {
@@ -584,12 +534,13 @@ impl<'de> Deserialize<'de> for RawStep {
 }
 
 fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A::Error> {
+    if let Some(op) = Op::without_args(name) {
+        map.next_value::<NoArgs>()?;
+        return Ok(RawOp::Plain(op));
+    }
     Ok(match name {
-        "get_state" => map.next_value::<NoArgs>().map(|_| RawOp::GetState)?,
         "set_state" => RawOp::SetState(map.next_value()?),
         "feature" => RawOp::Feature(map.next_value()?),
-        "migration_flags" => map.next_value::<NoArgs>().map(|_| RawOp::MigrationFlags)?,
-        "data_size" => map.next_value::<NoArgs>().map(|_| RawOp::DataSize)?,
         "precopy_info" => RawOp::PrecopyInfo(
             map.next_value::<Option<RawPrecopyInfo>>()?
                 .unwrap_or_default(),
@@ -606,17 +557,10 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
         ),
         "poll" => RawOp::Poll(map.next_value::<Option<RawPoll>>()?.unwrap_or_default()),
         "data_ioctl" => RawOp::DataIoctl(map.next_value()?),
-        "cloexec" => map.next_value::<NoArgs>().map(|_| RawOp::Cloexec)?,
-        "close_data_fd" => map.next_value::<NoArgs>().map(|_| RawOp::CloseDataFd)?,
-        "session_ended" => map.next_value::<NoArgs>().map(|_| RawOp::SessionEnded)?,
-        "error_state" => map.next_value::<NoArgs>().map(|_| RawOp::ErrorState)?,
         "save" => RawOp::Save(map.next_value()?),
         "resume" => RawOp::Resume(map.next_value()?),
         "pipe" => RawOp::Pipe(map.next_value()?),
         "compare" => RawOp::Compare(map.next_value()?),
-        "reset" => map.next_value::<NoArgs>().map(|_| RawOp::Reset)?,
-        "close_device" => map.next_value::<NoArgs>().map(|_| RawOp::CloseDevice)?,
-        "reopen" => map.next_value::<NoArgs>().map(|_| RawOp::Reopen)?,
         "sleep" => RawOp::Sleep(map.next_value()?),
         "repeat" => RawOp::Repeat(map.next_value()?),
         "for_each" => RawOp::ForEach(map.next_value()?),
@@ -625,18 +569,15 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
             map.next_value::<Option<RawLoggingStart>>()?
                 .unwrap_or_default(),
         ),
-        "logging_stop" => map.next_value::<NoArgs>().map(|_| RawOp::LoggingStop)?,
         "logging_report" => RawOp::LoggingReport(
             map.next_value::<Option<RawLoggingReport>>()?
                 .unwrap_or_default(),
         ),
-        "migration_region" => map.next_value::<NoArgs>().map(|_| RawOp::MigrationRegion)?,
-        "config_ids" => map.next_value::<NoArgs>().map(|_| RawOp::ConfigIds)?,
         "read_field" => RawOp::ReadField(map.next_value()?),
         "write_field" => RawOp::WriteField(map.next_value()?),
         "v1_save" => RawOp::V1Save(map.next_value()?),
         "v1_resume" => RawOp::V1Resume(map.next_value()?),
         "v1_freeze" => RawOp::V1Freeze(map.next_value()?),
-        other => return Err(de::Error::unknown_field(other, OPS)),
+        other => return Err(de::Error::unknown_field(other, &NAMES)),
     })
 }

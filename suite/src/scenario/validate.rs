@@ -21,8 +21,6 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_REPEAT: u32 = 1_000_000;
 const MAX_WALK: u64 = 100_000_000;
 const MAX_V1_ITERATIONS: u64 = 100_000_000;
-/// Variables set by operations rather than by `into`.
-const BUILTIN_VARS: &[&str] = &["stop_copy_length", "initial_bytes", "dirty_bytes"];
 
 struct Ctx<'a> {
     file: &'a str,
@@ -265,29 +263,9 @@ fn role(ctx: &Ctx, on: &Spanned<String>) -> R<Role> {
 
 /// v1 operations need a v1 case, the v2 state machine a v2 case.
 fn check_protocol(ctx: &Ctx, op: &Op, at: &Location) -> R<()> {
-    let v1_only = op.is_v1();
-    let v2_only = matches!(
-        op,
-        Op::GetState
-            | Op::SetState(_)
-            | Op::MigrationFlags
-            | Op::DataSize
-            | Op::PrecopyInfo { .. }
-            | Op::Read { .. }
-            | Op::Pread { .. }
-            | Op::Write(_)
-            | Op::Pwrite { .. }
-            | Op::Poll { .. }
-            | Op::DataIoctl { .. }
-            | Op::Cloexec
-            | Op::CloseDataFd
-            | Op::SessionEnded
-            | Op::Save { .. }
-            | Op::Resume(_)
-            | Op::Pipe { .. }
-            | Op::Walk { .. }
-            | Op::ForEach { .. }
-    );
+    let scope = op.info().scope;
+    let v1_only = scope == Scope::V1;
+    let v2_only = scope == Scope::V2;
     match ctx.protocol {
         Protocol::V2 if v1_only => Err(ctx.err(
             at,
@@ -446,24 +424,23 @@ fn write_spec(ctx: &Ctx, w: &RawWrite) -> R<WriteSpec> {
 }
 
 fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
+    let op = op_args(ctx, raw)?;
+    ctx.vars
+        .extend(op.info().sets.iter().map(|v| v.to_string()));
+    Ok(op)
+}
+
+/// The operation with its arguments checked and resolved.
+fn op_args(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
     let at = raw.referenced;
     Ok(match &raw.value {
-        RawOp::GetState => Op::GetState,
+        RawOp::Plain(op) => op.clone(),
         RawOp::SetState(s) => Op::SetState(state_ref(ctx, s)?),
         RawOp::Feature(f) => feature(ctx, f)?,
-        RawOp::MigrationFlags => Op::MigrationFlags,
-        RawOp::DataSize => {
-            ctx.vars.insert("stop_copy_length".into());
-            Op::DataSize
-        }
-        RawOp::PrecopyInfo(p) => {
-            ctx.vars.insert("initial_bytes".into());
-            ctx.vars.insert("dirty_bytes".into());
-            Op::PrecopyInfo {
-                argsz: p.argsz.as_ref().map(|a| a.value),
-                flags: p.flags.as_ref().map_or(0, |f| f.value),
-            }
-        }
+        RawOp::PrecopyInfo(p) => Op::PrecopyInfo {
+            argsz: p.argsz.as_ref().map(|a| a.value),
+            flags: p.flags.as_ref().map_or(0, |f| f.value),
+        },
         RawOp::Read(r) => {
             let until = match r.until.as_ref().map(|u| (u.value.as_str(), u.referenced)) {
                 None | Some(("eof", _)) => ReadUntil::Eof,
@@ -543,10 +520,6 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
             },
             argsz: d.argsz.as_ref().map_or(24, |a| a.value),
         },
-        RawOp::Cloexec => Op::Cloexec,
-        RawOp::CloseDataFd => Op::CloseDataFd,
-        RawOp::SessionEnded => Op::SessionEnded,
-        RawOp::ErrorState => Op::ErrorState,
         RawOp::Save(s) => {
             let into = buffer_name(ctx, &s.into)?;
             ctx.buffers.insert(into.clone());
@@ -564,9 +537,6 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
             a: used_buffer(ctx, &c.a)?,
             b: used_buffer(ctx, &c.b)?,
         },
-        RawOp::Reset => Op::Reset,
-        RawOp::CloseDevice => Op::CloseDevice,
-        RawOp::Reopen => Op::Reopen,
         RawOp::Sleep(d) => Op::Sleep(timeout(ctx, d)?),
         RawOp::Repeat(r) => {
             if r.times.value == 0 || r.times.value > MAX_REPEAT {
@@ -628,7 +598,6 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
                 num_ranges,
             }
         }
-        RawOp::LoggingStop => Op::LoggingStop,
         RawOp::LoggingReport(r) => {
             let iova = opt_size(ctx, r.iova.as_ref(), 0)?;
             let length = opt_size(ctx, r.length.as_ref(), 1 << 20)?;
@@ -646,8 +615,6 @@ fn op(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
                 page_size,
             }
         }
-        RawOp::MigrationRegion => Op::MigrationRegion,
-        RawOp::ConfigIds => Op::ConfigIds,
         RawOp::ReadField(r) => {
             let access = field_access(ctx, &r.field, r.width.as_ref(), r.skew.as_ref())?;
             let into = match &r.into {
@@ -903,49 +870,9 @@ fn field_value(ctx: &Ctx, field: &str, v: &Spanned<OneOrMany<RawScalar>>) -> R<F
     }
 }
 
-/// Which `expect` keys each operation can observe.
-fn observable(op: &Op) -> &'static [&'static str] {
-    match op {
-        Op::GetState => &["ok", "errno", "state"],
-        Op::SetState(_) => &["ok", "errno", "state", "data_fd"],
-        Op::Feature { .. } => &["ok", "errno", "unchanged", "state", "data_fd"],
-        Op::MigrationFlags => &["ok", "errno", "flags"],
-        Op::DataSize => &["ok", "errno", "stop_copy_length"],
-        Op::PrecopyInfo { .. } => &["ok", "errno", "initial_bytes", "dirty_bytes", "flags"],
-        Op::Read { .. } => &["ok", "errno", "bytes", "end"],
-        Op::Pread { .. } | Op::Pwrite { .. } | Op::DataIoctl { .. } => &["ok", "errno"],
-        Op::Write(_) => &["ok", "errno", "rejected", "bytes"],
-        Op::Poll { .. } => &["readable"],
-        Op::Save { .. } => &["ok", "bytes"],
-        Op::Resume(_) => &["ok", "rejected", "errno"],
-        Op::Pipe { .. } => &["ok", "bytes"],
-        Op::Compare { .. } => &["equal"],
-        Op::Reset => &["ok", "errno", "state"],
-        Op::LoggingStart { .. } | Op::LoggingStop => &["ok", "errno"],
-        Op::LoggingReport { .. } => &["ok", "errno", "clean"],
-        Op::ReadField { .. } => &["ok", "errno", "value"],
-        Op::WriteField { .. } => &["ok", "errno", "value"],
-        Op::V1Save { .. } => &["ok", "bytes"],
-        Op::V1Resume { .. } => &["ok", "rejected"],
-        Op::V1Freeze { .. } => &[],
-        Op::Cloexec
-        | Op::CloseDataFd
-        | Op::SessionEnded
-        | Op::ErrorState
-        | Op::CloseDevice
-        | Op::Reopen
-        | Op::Sleep(_)
-        | Op::Repeat { .. }
-        | Op::ForEach { .. }
-        | Op::Walk { .. }
-        | Op::MigrationRegion
-        | Op::ConfigIds => &[],
-    }
-}
-
 fn expect(ctx: &Ctx, op: &Op, e: &Spanned<RawExpect>) -> R<Expect> {
     let raw = &e.value;
-    let allowed = observable(op);
+    let allowed = op.info().observes;
     let used: [(&str, Option<Location>); 17] = [
         ("ok", raw.ok.as_ref().map(|v| v.referenced)),
         ("errno", raw.errno.as_ref().map(|v| v.referenced)),
@@ -1156,17 +1083,15 @@ fn cmp(ctx: &Ctx, raw: Option<&Spanned<RawScalar>>) -> R<Option<Cmp>> {
                     )));
                 }
                 Operand::Len(buf.to_string())
-            } else if BUILTIN_VARS.contains(&rest) || ctx.vars.contains(rest) {
+            } else if let Some(setter) = OPERATIONS.iter().find(|o| o.sets.contains(&rest)) {
                 if !ctx.vars.contains(rest) {
                     return Err(bad(format!(
                         "`{rest}` is not known before this step (run `{}` first)",
-                        if rest == "stop_copy_length" {
-                            "data_size"
-                        } else {
-                            "precopy_info"
-                        }
+                        setter.name
                     )));
                 }
+                Operand::Var(rest.to_string())
+            } else if ctx.vars.contains(rest) {
                 Operand::Var(rest.to_string())
             } else {
                 return Err(bad(format!(

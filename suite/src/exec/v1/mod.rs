@@ -21,32 +21,6 @@ pub(crate) struct V1Region {
     pub size: u64,
 }
 
-pub fn builtin_ids(op: &Op) -> &'static [&'static str] {
-    match op {
-        Op::ReadField { .. } => &["V1-REGION-02", "V1-REGION-03"],
-        Op::WriteField { .. } => &[
-            "V1-REGION-02",
-            "V1-REGION-03",
-            "V1-STATE-02",
-            "V1-STATE-03",
-            "V1-STATE-04",
-            "V1-STATE-05",
-        ],
-        Op::V1Save { .. } => &[
-            "V1-SAVE-01",
-            "V1-SAVE-02",
-            "V1-SAVE-03",
-            "V1-SAVE-04",
-            "V1-SAVE-05",
-            "V1-SAVE-06",
-            "V1-SAVE-07",
-        ],
-        Op::V1Resume { .. } => &["V1-RESUME-01", "V1-RESUME-02", "V1-RESUME-03"],
-        Op::V1Freeze { .. } => &["V1-STATE-06"],
-        _ => &[],
-    }
-}
-
 impl Exec<'_, '_> {
     pub(super) fn prepare_v1(&mut self) -> Flow {
         for role in Role::ALL {

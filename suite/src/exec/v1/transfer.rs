@@ -357,24 +357,23 @@ impl Exec<'_, '_> {
                     ))
                 }
             };
-            if data_offset < f::HEADER_SIZE
-                || data_offset
+            let fits = data_offset >= f::HEADER_SIZE
+                && data_offset
                     .checked_add(size)
-                    .is_none_or(|end| end > region.size)
-            {
-                self.check(
-                    key,
-                    Check::builtin(
-                        "fits",
-                        "V1-RESUME-01",
-                        false,
-                        format!("room for a {size}-byte chunk at data_offset"),
-                        format!(
-                            "data_offset {data_offset} in a region of {} bytes",
-                            region.size
-                        ),
+                    .is_some_and(|end| end <= region.size);
+            self.check_lazy(key, "fits", fits, || {
+                Check::builtin(
+                    "fits",
+                    "V1-RESUME-01",
+                    fits,
+                    format!("room for a {size}-byte chunk at data_offset"),
+                    format!(
+                        "data_offset {data_offset} in a region of {} bytes",
+                        region.size
                     ),
-                );
+                )
+            });
+            if !fits {
                 return Ok((
                     false,
                     format!("no room for a {size}-byte chunk at data_offset {data_offset}"),
