@@ -284,6 +284,9 @@ pub fn run_case(
                     restored.insert(role, error);
                 }
                 Ok(ChildLine::Probed { .. }) => {}
+                Ok(other) => {
+                    trouble.push(format!("unexpected line from the case process: {other:?}"))
+                }
                 Err(e) => trouble.push(e),
             },
             Ok(Next::Eof) => break,

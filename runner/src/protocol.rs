@@ -1,14 +1,15 @@
-//! What a child process tells the runner: one JSON object per stdout line,
-//! flushed as it happens, so a child killed mid-case still leaves every
-//! line up to the step it was stuck in.
+//! What a child process (a case, a probe, a restore, a save or a resume)
+//! tells the runner: one JSON object per stdout line, flushed as it
+//! happens, so a child killed mid-case still leaves every line up to the
+//! step it was stuck in.
 
 use std::io::{self, Write};
 
 use results::Event;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use suite::device::DeviceDescription;
 use suite::exec::DeviceCaps;
+use suite::migrate::{Failure, ResumeSummary, SaveSummary};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,41 +22,54 @@ pub enum ChildLine {
         caps: DeviceCaps,
     },
     /// A device could not be opened; the message says what to do.
-    OpenFailed { role: String, message: String },
-    /// The device was reset after the case (`__case`, `__restore`); `error`
-    /// says why it is not RUNNING again.
-    Restored { role: String, error: Option<String> },
+    OpenFailed {
+        role: String,
+        message: String,
+    },
+    /// The device was reset after the case (`__case`, `__restore`) or after
+    /// a failed save or resume; `error` says why it is not RUNNING again.
+    Restored {
+        role: String,
+        error: Option<String>,
+    },
+    /// What a save or resume does now (`__save`, `__resume`); if it never
+    /// reports again, it is stuck there.
+    Doing(String),
+    /// The temporary file a save writes before renaming it.
+    Temp(String),
+    /// Something the user should know that does not stop the command.
+    Note(String),
+    Saved(SaveSummary),
+    Resumed(ResumeSummary),
+    /// A save or resume failed; the kind decides the exit code.
+    Failed {
+        kind: Failure,
+        message: String,
+    },
+    /// The child's peak resident memory (VmHWM), in KiB.
+    PeakRss(u64),
 }
 
 impl ChildLine {
+    /// Parses one line of a child's stdout.
     pub fn parse(line: &str) -> Result<ChildLine, String> {
-        parse_line(line)
+        serde_json::from_str(line).map_err(|e| {
+            let mut shown: String = line.chars().take(200).collect();
+            if shown.len() < line.len() {
+                shown.push_str("...");
+            }
+            format!("unreadable line from the child process ({e}): {shown}")
+        })
     }
 
-    /// Writes the line to stdout and flushes it.
+    /// Writes the line to stdout as JSON and flushes it.
     pub fn emit(&self) -> io::Result<()> {
-        emit_line(self)
+        let mut text = serde_json::to_string(self).map_err(io::Error::other)?;
+        text.push('\n');
+        let mut out = io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()
     }
-}
-
-/// Parses one line of a child's stdout (of any child line type).
-pub fn parse_line<T: DeserializeOwned>(line: &str) -> Result<T, String> {
-    serde_json::from_str(line).map_err(|e| {
-        let mut shown: String = line.chars().take(200).collect();
-        if shown.len() < line.len() {
-            shown.push_str("...");
-        }
-        format!("unreadable line from the child process ({e}): {shown}")
-    })
-}
-
-/// Writes one line to stdout as JSON and flushes it.
-pub fn emit_line<T: Serialize>(line: &T) -> io::Result<()> {
-    let mut text = serde_json::to_string(line).map_err(io::Error::other)?;
-    text.push('\n');
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
 }
 
 #[cfg(test)]
@@ -74,6 +88,12 @@ mod tests {
                 role: "destination".into(),
                 error: Some("VFIO_DEVICE_RESET failed with EIO".into()),
             },
+            ChildLine::Doing("SET STOP_COPY (from STOP)".into()),
+            ChildLine::Failed {
+                kind: Failure::Driver,
+                message: "write() failed with EFAULT".into(),
+            },
+            ChildLine::PeakRss(9000),
         ];
         for line in lines {
             let text = serde_json::to_string(&line).unwrap();

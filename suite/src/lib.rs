@@ -5,6 +5,7 @@
 pub mod catalogue;
 pub mod device;
 pub mod exec;
+pub mod migrate;
 pub mod model;
 pub mod requirements;
 pub mod savefile;

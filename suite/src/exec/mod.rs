@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod caps;
+pub(crate) mod datafd;
 mod judge;
 mod logging;
 mod region;
@@ -319,10 +320,7 @@ impl<'a, 'd> Exec<'a, 'd> {
 
     /// How long a blocking wait may take now.
     pub fn wait_budget(&self) -> Duration {
-        match self.opts.deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()),
-            None => self.opts.io_timeout,
-        }
+        wait_budget(self.opts.deadline, self.opts.io_timeout)
     }
 
     /// Records a save or resume: bytes, time taken, chunk size, downtime.
@@ -495,6 +493,15 @@ impl<'a, 'd> Exec<'a, 'd> {
                 idx[d] = 0;
             }
         }
+    }
+}
+
+/// How long a blocking wait may take now: until the deadline, or
+/// `io_timeout` without one.
+pub(crate) fn wait_budget(deadline: Option<Instant>, io_timeout: Duration) -> Duration {
+    match deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()),
+        None => io_timeout,
     }
 }
 

@@ -5,20 +5,7 @@
 use std::time::Instant;
 
 use super::*;
-
-/// How a read loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Eof,
-    Enomsg,
-    Error(Errno),
-    /// The bound on bytes was reached before an end.
-    Bound,
-    /// poll() never reported the fd ready before the deadline.
-    NotReady,
-    /// `until: once`: one read done.
-    Once(usize),
-}
+use crate::exec::datafd::{self, End};
 
 impl Exec<'_, '_> {
     #[allow(clippy::too_many_arguments)]
@@ -138,66 +125,38 @@ impl Exec<'_, '_> {
                 .entry(name.to_string())
                 .or_insert_with(|| StreamBuf::new(self.opts.spill_threshold));
         }
-        let mut total = 0u64;
-        let mut retries = 0u32;
-        let mut enomsg_seen = false;
-        let precopy = until == ReadUntil::EndOfPrecopy;
-        let end = loop {
-            if total >= bound {
-                break End::Bound;
-            }
-            let events = PollFlags::POLLIN;
-            if precopy {
-                // At the temporary end of precopy data poll may say "not
-                // readable"; read anyway to see ENOMSG.
-                let _ = self
-                    .role(role)?
-                    .dev
-                    .data_poll(fd, events, std::time::Duration::ZERO);
-            } else {
-                match self.wait_ready(role, fd, events)? {
-                    Ok(ev) if ev.is_empty() => break End::NotReady,
-                    Ok(_) => {}
-                    Err(e) => break End::Error(e),
+        let budget = self.opts.deadline;
+        let io_timeout = self.opts.io_timeout;
+        let Exec {
+            roles,
+            buffers,
+            buf,
+            opts,
+            ..
+        } = self;
+        let ctx = role_of(roles, role)?;
+        let mut stream = into.map(|name| buffers.get_mut(name).expect("created above"));
+        let (total, end) = datafd::read(
+            &mut *ctx.dev,
+            fd,
+            &mut buf[..chunk],
+            until,
+            bound,
+            || wait_budget(budget, io_timeout),
+            |data| {
+                if let Some(s) = ctx.session.as_mut() {
+                    s.bytes += data.len() as u64;
+                    s.precopy_read += data.len() as u64;
                 }
-            }
-            let want = chunk
-                .min(usize::try_from(bound - total).unwrap_or(usize::MAX))
-                .max(1);
-            let ctx = role_of(&mut self.roles, role)?;
-            let r = ctx.dev.data_read(fd, &mut self.buf[..want]);
-            match r {
-                Ok(0) => break End::Eof,
-                Ok(n) => {
-                    total += n as u64;
-                    if let Some(s) = ctx.session.as_mut() {
-                        s.bytes += n as u64;
-                        s.precopy_read += n as u64;
-                    }
-                    if let Some(name) = into {
-                        let temp = &self.opts.temp_dir;
-                        if let Err(e) = self
-                            .buffers
-                            .get_mut(name)
-                            .expect("created above")
-                            .append(&self.buf[..n], temp)
-                        {
-                            return Err(Abort::Harness(format!("cannot keep the stream: {e}")));
-                        }
-                    }
-                    if until == ReadUntil::Once {
-                        break End::Once(n);
-                    }
+                match stream.as_mut() {
+                    Some(b) => b
+                        .append(data, &opts.temp_dir)
+                        .map_err(|e| Abort::Harness(format!("cannot keep the stream: {e}"))),
+                    None => Ok(()),
                 }
-                Err(Errno::ENOMSG) => {
-                    enomsg_seen = true;
-                    break End::Enomsg;
-                }
-                Err(Errno::EAGAIN | Errno::EINTR) if retries < 1000 => retries += 1,
-                Err(e) => break End::Error(e),
-            }
-        };
-        Ok((total, end, enomsg_seen))
+            },
+        )?;
+        Ok((total, end, end == End::Enomsg))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -398,23 +357,12 @@ impl Exec<'_, '_> {
                 if data.is_empty() {
                     return Ok((written, None));
                 }
-                let mut off = 0;
-                while off < data.len() {
-                    match self.wait_ready(role, fd, PollFlags::POLLOUT)? {
-                        Ok(ev) if ev.is_empty() => return Ok((written, Some(Errno::ETIMEDOUT))),
-                        Ok(_) => {}
-                        Err(e) => return Ok((written, Some(e))),
-                    }
-                    let ctx = role_of(&mut self.roles, role)?;
-                    match ctx.dev.data_write(fd, &data[off..]) {
-                        Ok(0) => return Ok((written, Some(Errno::ENOSPC))),
-                        Ok(k) => {
-                            off += k;
-                            written += k as u64;
-                        }
-                        Err(Errno::EAGAIN | Errno::EINTR) => {}
-                        Err(e) => return Ok((written, Some(e))),
-                    }
+                let (deadline, io_timeout) = (self.opts.deadline, self.opts.io_timeout);
+                let dev = &mut *role_of(&mut self.roles, role)?.dev;
+                let w = datafd::write_all(dev, fd, data, || wait_budget(deadline, io_timeout));
+                written += w.bytes as u64;
+                if let Some(e) = w.errno() {
+                    return Ok((written, Some(e)));
                 }
             }
         })();
