@@ -10,6 +10,8 @@
 //! `vfio_mig_get_next_state()`); those built-in checks cite their IDs too.
 #![forbid(unsafe_code)]
 
+mod args;
+mod expect;
 mod ops;
 mod raw;
 mod validate;
