@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use suite::savefile::SaveHeader;
 
@@ -264,7 +263,8 @@ fn driver_failures_and_hangs_are_reported_and_leave_nothing_behind() {
     );
     assert!(err.contains("the device was reset"), "{err}");
 
-    let t0 = Instant::now();
+    // SET STOP_COPY never returns; the deadline leaves a slow machine ample
+    // time for what comes before it.
     let o = run(&[
         "save",
         "--device",
@@ -272,13 +272,12 @@ fn driver_failures_and_hangs_are_reported_and_leave_nothing_behind() {
         "--file",
         path(&f),
         "--timeout",
-        "1s",
+        "10s",
     ]);
-    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let err = text(&o.stderr);
     assert!(
-        err.contains("the save did not finish within 1s: stuck in SET STOP_COPY"),
+        err.contains("the save did not finish within 10s: stuck in SET STOP_COPY"),
         "{err}"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
