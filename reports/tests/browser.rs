@@ -1,5 +1,6 @@
 //! The HTML report in a real browser: it renders, its script runs without
 //! a console message, and a script error would be caught.
+#![forbid(unsafe_code)]
 
 #[path = "support/browser.rs"]
 mod browser;

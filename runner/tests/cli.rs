@@ -1,5 +1,6 @@
 //! End-to-end tests through the built binary, against the simulator, with
 //! small scenario directories of their own.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,6 +1,7 @@
 //! The lab integration under lab/: the LAVA test definition run the way
 //! LAVA runs it (with a stand-in `lava-test-case`), its KTAP parser, and
 //! the kselftest wrapper, all against the simulator.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

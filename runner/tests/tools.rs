@@ -1,5 +1,6 @@
 //! End-to-end tests of `probe`, `save`, `resume` and `faults` through the
 //! built binary, against the simulator.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,5 +1,6 @@
 //! Every requirement in the catalogue is checked by at least one shipped
 //! case (or by the runner itself), and no case cites an unknown ID.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::path::Path;
