@@ -1,5 +1,6 @@
 //! Embeds the scenario catalogue (`cases/**/*.yaml` at the workspace root)
 //! into the library, so the binary runs without a `cases/` directory.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The HTML report in a real browser: it renders, its script runs without
 //! a console message, and a script error would be caught.
+#![forbid(unsafe_code)]
 
 #[path = "support/browser.rs"]
 mod browser;
@@ -77,12 +78,39 @@ fn a_throwing_script_is_detected() {
 }
 
 #[test]
-fn a_missing_browser_skips_unless_required() {
-    let nowhere = Path::new("/nonexistent/chromium");
-    assert_eq!(browser::locate(nowhere, false), None);
-    assert!(std::panic::catch_unwind(|| browser::locate(nowhere, true)).is_err());
-    assert_eq!(
-        browser::locate(Path::new("/bin/sh"), true),
-        Some(PathBuf::from("/bin/sh"))
+fn a_missing_tool_warns_unless_required() {
+    use browser::tool::check;
+    let mut out = Vec::new();
+    assert!(check(
+        true,
+        "chromium",
+        "apt-get install chromium",
+        true,
+        &mut out
+    ));
+    assert!(out.is_empty());
+    assert!(!check(
+        false,
+        "chromium",
+        "apt-get install chromium",
+        false,
+        &mut out
+    ));
+    let warning = String::from_utf8(out).unwrap();
+    assert!(
+        warning.starts_with(
+            "warning: NOT RUN: a_missing_tool_warns_unless_required: chromium is missing"
+        ) && warning.contains("VFIO_MIGTEST_REQUIRE_TOOLS=1"),
+        "{warning}"
     );
+    let required = std::panic::catch_unwind(|| {
+        check(
+            false,
+            "chromium",
+            "apt-get install chromium",
+            true,
+            &mut Vec::new(),
+        )
+    });
+    assert!(required.is_err());
 }

@@ -1,10 +1,16 @@
 //! `vfio-migtest faults`: the score of the case catalogue against the
 //! simulator's fault catalogue. Every case runs against `sim:fault=NAME`
 //! for each fault, through the same one-child-per-case machinery as `run`
-//! (so a hanging fault gives TIMEOUT, not a hung command), with every
-//! deadline cut to `--case-timeout`; a fault is detected when the results
-//! show what its [`Expected`] outcome says. The clean simulator must pass
-//! every case: a finding there is a false positive.
+//! (so a hanging fault gives TIMEOUT, not a hung command); a fault is
+//! detected when the results show what its [`Expected`] outcome says. The
+//! clean simulator must pass every case: a finding there is a false
+//! positive.
+//!
+//! Only against a fault that hangs are deadlines cut to `--case-timeout`:
+//! there most cases wait out their deadline, so it sets the command's
+//! length. Everywhere else a case ends when its work is done, which takes
+//! as long as the machine needs, so it keeps the deadline `run` gives it;
+//! a short cut there would turn a slow machine into false findings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
@@ -31,6 +37,9 @@ use crate::{signals, Usage};
 const RUNNER_IDS: &[&str] = &["KERNEL-01"];
 /// `slow-transition` is seen in the latencies: a SET at least this slow.
 const SLOW_SAMPLE_NS: u64 = 100_000_000;
+/// Deadline of a case without a `timeout:` of its own where nothing hangs:
+/// `run`'s default `--timeout`.
+const CASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of probing a simulator or resetting it after a killed case.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a case child gets past its deadline to report on its own.
@@ -46,7 +55,9 @@ pub struct FaultsArgs {
     /// Score only this fault (repeatable; default: every fault).
     #[arg(long = "fault", value_name = "NAME")]
     pub faults: Vec<String>,
-    /// Deadline of every case; a case's own longer timeout is cut to this.
+    /// Deadline of every case against a fault that hangs (a case's own
+    /// longer timeout is cut to this); elsewhere a case keeps its own
+    /// timeout (default 60s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "3s")]
     pub case_timeout: Duration,
     /// Cases run at once (default: the number of CPUs).
@@ -216,6 +227,18 @@ struct Target {
     fault: Option<&'static FaultInfo>,
 }
 
+impl Target {
+    /// The deadline of `case` here: its own, cut to `case_timeout` where
+    /// the fault hangs.
+    fn deadline(&self, case: &Case, case_timeout: Duration) -> Duration {
+        let own = case.scenario.timeout.unwrap_or(CASE_TIMEOUT);
+        match self.fault {
+            Some(f) if f.expected == Expected::Timeout => own.min(case_timeout),
+            _ => own,
+        }
+    }
+}
+
 fn select(names: &[String]) -> Result<Vec<&'static FaultInfo>> {
     if names.is_empty() {
         return Ok(catalogue().iter().collect());
@@ -283,7 +306,7 @@ fn run_one(
     t: &Target,
     caps: &TargetCaps,
     case: &Case,
-    timeout_cap: Duration,
+    case_timeout: Duration,
 ) -> CaseResult {
     let s = &case.scenario;
     let not_run = |outcome: Outcome, reason: String| {
@@ -313,7 +336,7 @@ fn run_one(
             None
         },
     };
-    let timeout = s.timeout.unwrap_or(timeout_cap).min(timeout_cap);
+    let timeout = t.deadline(case, case_timeout);
     let mut r = case::run_case(h, s, &case.text, &specs, timeout).result;
     // The score needs outcomes, checks and latencies; a long v1 drain
     // records a hundred thousand iterations.
@@ -431,7 +454,7 @@ pub fn faults(args: &FaultsArgs) -> Result<i32> {
     let table = Table::new(&selected);
     if !args.json {
         println!(
-            "vfio-migtest {}: {} fault(s) x {} case(s), {threads} at a time, case timeout {}, seed {}",
+            "vfio-migtest {}: {} fault(s) x {} case(s), {threads} at a time, case timeout {} where a fault hangs, seed {}",
             env!("CARGO_PKG_VERSION"),
             selected.len(),
             cases.len(),
@@ -662,6 +685,30 @@ mod tests {
         assert_eq!((covered, uncovered), (total, Vec::<String>::new()));
         let (covered, _, uncovered) = coverage(&cases[..1]);
         assert!(covered < total && uncovered.len() == total - covered);
+    }
+
+    #[test]
+    fn only_hanging_faults_cut_the_deadline() {
+        let cases = crate::cases::load(None).unwrap();
+        let case = |name: &str| cases.iter().find(|c| c.scenario.name == name).unwrap();
+        let (walk, fresh) = (case("walk"), case("fresh-device"));
+        let target = |fault: Option<&str>| Target {
+            spec: String::new(),
+            fault: fault.map(info),
+        };
+        let cut = Duration::from_secs(3);
+        let own = walk.scenario.timeout.unwrap();
+        assert!(own > cut);
+        assert_eq!(fresh.scenario.timeout, None);
+        for t in [target(None), target(Some("slow-transition"))] {
+            assert_eq!(t.deadline(walk, cut), own);
+            assert_eq!(t.deadline(fresh, cut), CASE_TIMEOUT);
+        }
+        for t in [target(Some("hang-read")), target(Some("hang-transition"))] {
+            assert_eq!(t.deadline(walk, cut), cut);
+            assert_eq!(t.deadline(fresh, cut), cut);
+            assert_eq!(t.deadline(walk, own * 2), own);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! in headless Chromium. The page must render without a console message
 //! and show the failing case with its requirement, its errno and its state
 //! timeline.
+#![forbid(unsafe_code)]
 
 #[path = "../../reports/tests/support/browser.rs"]
 mod browser;

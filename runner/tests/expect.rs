@@ -1,5 +1,6 @@
 //! Expectations files through the built binary, against the simulator with
 //! the fault that mirrors mtty's DMA logging deviation.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};

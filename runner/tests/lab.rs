@@ -1,12 +1,16 @@
 //! The lab integration under lab/: the LAVA test definition run the way
 //! LAVA runs it (with a stand-in `lava-test-case`), its KTAP parser, and
 //! the kselftest wrapper, all against the simulator.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde::Deserialize;
+
+#[path = "../../reports/tests/support/tool.rs"]
+mod tool;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -16,12 +20,14 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_vfio-migtest")
 }
 
+/// Whether python3, which runs the LAVA parser, is there (else a warning,
+/// or a failure where tools are required).
 fn have_python() -> bool {
-    let found = Command::new("python3").arg("--version").output().is_ok();
-    if !found {
-        eprintln!("python3 not found: the LAVA parser is not tested here");
-    }
-    found
+    let found = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    tool::present(found, "python3", "apt-get install python3")
 }
 
 fn text(b: &[u8]) -> String {

@@ -1,9 +1,9 @@
 //! End-to-end tests of `probe`, `save`, `resume` and `faults` through the
 //! built binary, against the simulator.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use suite::savefile::SaveHeader;
 
@@ -264,7 +264,8 @@ fn driver_failures_and_hangs_are_reported_and_leave_nothing_behind() {
     );
     assert!(err.contains("the device was reset"), "{err}");
 
-    let t0 = Instant::now();
+    // SET STOP_COPY never returns; the deadline leaves a slow machine ample
+    // time for what comes before it.
     let o = run(&[
         "save",
         "--device",
@@ -272,13 +273,12 @@ fn driver_failures_and_hangs_are_reported_and_leave_nothing_behind() {
         "--file",
         path(&f),
         "--timeout",
-        "1s",
+        "10s",
     ]);
-    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let err = text(&o.stderr);
     assert!(
-        err.contains("the save did not finish within 1s: stuck in SET STOP_COPY"),
+        err.contains("the save did not finish within 10s: stuck in SET STOP_COPY"),
         "{err}"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -349,12 +349,10 @@ fn faults_scores_a_subset() {
         "zero-at-end-of-precopy",
         "--fault",
         "hang-transition",
-        // Hanging cases only sleep: more of them at once keeps the test short,
-        // and a long deadline keeps slow unoptimised cases from timing out.
+        // Hanging cases only sleep: more of them at once keeps the test short.
+        // Only their deadline is cut, so a slow machine cannot fail the rest.
         "--test-threads",
         "12",
-        "--case-timeout",
-        "10s",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", both(&o));
     let out = text(&o.stdout);

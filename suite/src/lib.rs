@@ -1,6 +1,9 @@
 //! Everything about the VFIO migration uAPI and how to check it: the uAPI
 //! itself, the reference model, devices (real and simulated), scenarios and
 //! their execution.
+// Not `forbid`: device/kernel/sys.rs, the one module that calls into libc,
+// is allowed unsafe code, and only it (tests/unsafe_code.rs checks).
+#![deny(unsafe_code)]
 
 pub mod catalogue;
 pub mod device;

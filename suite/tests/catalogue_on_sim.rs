@@ -1,6 +1,7 @@
 //! The shipped catalogue against the clean reference simulator: every case
 //! that applies passes. (The runner's end-to-end tests do the same through
 //! child processes; this runs in process so a failure shows its checks.)
+#![forbid(unsafe_code)]
 
 mod common;
 

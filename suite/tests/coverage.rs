@@ -7,6 +7,7 @@
 //! only run when a device breaks them (a SET out of ERROR needs a device in
 //! ERROR) are looked for again on the simulator with the fault that breaks
 //! them.
+#![forbid(unsafe_code)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The scenario loader on bad input: hand-written broken files each get
 //! their own error at the right place, and generated inputs (random bytes
 //! and mutations of the shipped cases) never make it panic.
+#![forbid(unsafe_code)]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;

@@ -483,6 +483,18 @@ impl Simulator {
         }
     }
 
+    /// How long a SET to `target` takes: the configured latency, plus
+    /// [`SLOW_SET`] for the first STOP_COPY under `slow-transition`.
+    fn set_delay(&mut self, target: u32) -> Duration {
+        let mut delay = self.config.latency();
+        if self.has(Fault::SlowTransition) && !self.slow_done && target == MigState::StopCopy.raw()
+        {
+            self.slow_done = true;
+            delay += SLOW_SET;
+        }
+        delay
+    }
+
     fn mig_device_state(&mut self, req: &mut FeatureRequest, input: &[u8]) -> Result<(), Errno> {
         if req.flags & VFIO_DEVICE_FEATURE_GET != 0 {
             let state = self.report_state();
@@ -494,13 +506,7 @@ impl Simulator {
             return Ok(());
         }
         let target = VfioDeviceFeatureMigState::from_bytes(input).device_state;
-        let mut delay = self.config.latency();
-        if self.has(Fault::SlowTransition) && !self.slow_done && target == MigState::StopCopy.raw()
-        {
-            self.slow_done = true;
-            delay += SLOW_SET;
-        }
-        sleep(delay);
+        sleep(self.set_delay(target));
         let result = self.walk_to(target);
         // The core copies the requested state back, success or not.
         let reply = VfioDeviceFeatureMigState {

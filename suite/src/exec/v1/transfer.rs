@@ -562,12 +562,13 @@ mod tests {
             .unwrap();
         let scenario = crate::scenario::load_str(text, file).unwrap();
         let mut dev = crate::device::open("sim:fault=v1-pending-never-zero").unwrap();
+        // Already past: the drain meets it on its first turn, at any machine
+        // speed (a later one would race the iteration bound).
         let opts = ExecOptions {
-            deadline: Some(Instant::now() + Duration::from_millis(300)),
+            deadline: Some(Instant::now()),
             ..ExecOptions::default()
         };
         let mut fold = CaseFold::new(CaseResult::new("c", file, "v1"));
-        let t0 = Instant::now();
         run(
             &scenario,
             Devices {
@@ -578,7 +579,6 @@ mod tests {
             &opts,
             &mut |e| fold.apply(e),
         );
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
         let r = fold.finish(false);
         let drains = r
             .checks
