@@ -248,126 +248,15 @@ pub fn verify_stream(
     Ok(())
 }
 
-const P1: u64 = 0x9E37_79B1_85EB_CA87;
-const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const P3: u64 = 0x1656_67B1_9E37_79F9;
-const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-const P5: u64 = 0x27D4_EB2F_1656_67C5;
-
-/// XXH64, streaming: fast enough that hashing a multi-GiB stream costs
-/// little next to reading it, and a well-known checksum (`xxhsum -H1`
-/// prints the same value for the bytes after the header).
-#[derive(Debug, Clone)]
-pub struct Xxh64 {
-    seed: u64,
-    acc: [u64; 4],
-    /// Bytes not yet folded into `acc` (fewer than 32).
-    pending: [u8; 32],
-    pending_len: usize,
-    total: u64,
-}
-
-fn round(acc: u64, input: u64) -> u64 {
-    acc.wrapping_add(input.wrapping_mul(P2))
-        .rotate_left(31)
-        .wrapping_mul(P1)
-}
-
-fn merge(h: u64, acc: u64) -> u64 {
-    (h ^ round(0, acc)).wrapping_mul(P1).wrapping_add(P4)
-}
-
-fn le64(b: &[u8]) -> u64 {
-    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
-}
-
-impl Xxh64 {
-    pub fn new(seed: u64) -> Xxh64 {
-        Xxh64 {
-            seed,
-            acc: [
-                seed.wrapping_add(P1).wrapping_add(P2),
-                seed.wrapping_add(P2),
-                seed,
-                seed.wrapping_sub(P1),
-            ],
-            pending: [0; 32],
-            pending_len: 0,
-            total: 0,
-        }
-    }
-
-    fn stripe(&mut self, s: &[u8]) {
-        for (i, acc) in self.acc.iter_mut().enumerate() {
-            *acc = round(*acc, le64(&s[i * 8..]));
-        }
-    }
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        if self.pending_len > 0 {
-            let take = (32 - self.pending_len).min(data.len());
-            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&data[..take]);
-            self.pending_len += take;
-            data = &data[take..];
-            if self.pending_len < 32 {
-                return;
-            }
-            let block = self.pending;
-            self.stripe(&block);
-            self.pending_len = 0;
-        }
-        let mut stripes = data.chunks_exact(32);
-        for s in &mut stripes {
-            self.stripe(s);
-        }
-        let rest = stripes.remainder();
-        self.pending[..rest.len()].copy_from_slice(rest);
-        self.pending_len = rest.len();
-    }
-
-    pub fn digest(&self) -> u64 {
-        let [v1, v2, v3, v4] = self.acc;
-        let mut h = if self.total >= 32 {
-            let h = v1
-                .rotate_left(1)
-                .wrapping_add(v2.rotate_left(7))
-                .wrapping_add(v3.rotate_left(12))
-                .wrapping_add(v4.rotate_left(18));
-            [v1, v2, v3, v4].into_iter().fold(h, merge)
-        } else {
-            self.seed.wrapping_add(P5)
-        };
-        h = h.wrapping_add(self.total);
-        let mut rest = &self.pending[..self.pending_len];
-        while rest.len() >= 8 {
-            h ^= round(0, le64(rest));
-            h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-            rest = &rest[8..];
-        }
-        if rest.len() >= 4 {
-            h ^= u64::from(get_u32(rest, 0)).wrapping_mul(P1);
-            h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-            rest = &rest[4..];
-        }
-        for &b in rest {
-            h ^= u64::from(b).wrapping_mul(P5);
-            h = h.rotate_left(11).wrapping_mul(P1);
-        }
-        h ^= h >> 33;
-        h = h.wrapping_mul(P2);
-        h ^= h >> 29;
-        h = h.wrapping_mul(P3);
-        h ^ (h >> 32)
-    }
-}
-
-/// XXH64 with seed 0 of `data`.
+/// XXH64 (seed 0) of `data`: a well-known checksum (`xxhsum -H1` prints
+/// the same value for the bytes after the header), from a maintained crate
+/// fast enough that hashing a multi-GiB stream costs little next to reading it.
 pub fn xxh64(data: &[u8]) -> u64 {
-    let mut h = Xxh64::new(0);
-    h.update(data);
-    h.digest()
+    xxhash_rust::xxh64::xxh64(data, 0)
 }
+
+/// The streaming form of [`xxh64`], for streams too large to hold.
+pub use xxhash_rust::xxh64::Xxh64;
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@
 //! page     24 bytes  tag "PAGE" u32, length u32, index u64, generation u64,
 //!                    then `length` bytes of page content
 //! trailer  24 bytes  tag "END." u32, reserved u32 (0), page records u64,
-//!                    checksum u64 over every byte before the checksum
+//!                    XXH64 (seed 0) of every byte before the checksum
 //! ```
 //!
 //! A page may appear more than once (sent during PRE_COPY, then again after
@@ -25,6 +25,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::savefile::Xxh64;
 use crate::uapi::{get_u32, get_u64, Errno};
 
 pub const HEADER_LEN: usize = 80;
@@ -150,75 +151,14 @@ fn page_matches(seed: u64, index: u64, generation: u64, bytes: &[u8]) -> bool {
     diff == 0 && expected.next().is_some_and(|w| w[..tail.len()] == *tail)
 }
 
-/// A streaming 64-bit checksum in four independent lanes (fast enough for
-/// the save path); the result does not depend on how the input is split.
-#[derive(Debug, Clone)]
-pub struct Hasher {
-    lanes: [u64; 4],
-    partial: [u8; 32],
-    partial_len: usize,
-    total: u64,
-}
+/// The trailer checksum so far: XXH64 has no `Debug` of its own, and the
+/// stream states that carry it are printed in test failures.
+#[derive(Clone)]
+struct Checksum(Xxh64);
 
-impl Default for Hasher {
-    fn default() -> Hasher {
-        Hasher {
-            lanes: [
-                GOLDEN,
-                !GOLDEN,
-                GOLDEN.rotate_left(17),
-                GOLDEN.rotate_left(41),
-            ],
-            partial: [0; 32],
-            partial_len: 0,
-            total: 0,
-        }
-    }
-}
-
-impl Hasher {
-    const PRIME: u64 = 0xff51_afd7_ed55_8ccd;
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.total += data.len() as u64;
-        if self.partial_len > 0 {
-            let n = (32 - self.partial_len).min(data.len());
-            self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&data[..n]);
-            self.partial_len += n;
-            data = &data[n..];
-            if self.partial_len < 32 {
-                return;
-            }
-            let block = self.partial;
-            self.block(&block);
-            self.partial_len = 0;
-        }
-        let mut blocks = data.chunks_exact(32);
-        for block in &mut blocks {
-            self.block(block);
-        }
-        let rest = blocks.remainder();
-        self.partial[..rest.len()].copy_from_slice(rest);
-        self.partial_len = rest.len();
-    }
-
-    fn block(&mut self, block: &[u8]) {
-        for (lane, word) in self.lanes.iter_mut().zip(block.chunks_exact(8)) {
-            let w = u64::from_le_bytes(word.try_into().expect("8-byte word"));
-            *lane = (*lane ^ w).wrapping_mul(Self::PRIME).rotate_left(29);
-        }
-    }
-
-    pub fn finish(&self) -> u64 {
-        let mut last = self.clone();
-        if last.partial_len > 0 {
-            last.partial[last.partial_len..].fill(0);
-            let block = last.partial;
-            last.block(&block);
-        }
-        last.lanes
-            .iter()
-            .fold(mix64(self.total), |h, lane| mix64(h ^ lane))
+impl std::fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Checksum({:#018x})", self.0.digest())
     }
 }
 
@@ -386,7 +326,7 @@ pub struct Saver {
     unsent_bytes: u64,
     dirty_bytes: u64,
     records: u64,
-    hasher: Hasher,
+    hasher: Checksum,
     /// The record being read, and how far.
     buf: Vec<u8>,
     pos: usize,
@@ -416,7 +356,7 @@ impl Saver {
             unsent_bytes: geometry.records_len(0, pages),
             dirty_bytes: 0,
             records: 0,
-            hasher: Hasher::default(),
+            hasher: Checksum(Xxh64::new(0)),
             buf: Vec::with_capacity(RECORD_HEADER_LEN + geometry.page_size as usize),
             pos: 0,
             payload_at: 0,
@@ -561,7 +501,7 @@ impl Saver {
         if !self.header_sent {
             self.header_sent = true;
             self.buf.extend_from_slice(&self.header);
-            self.hasher.update(&self.header);
+            self.hasher.0.update(&self.header);
             self.payload_at = HEADER_LEN;
             self.kind = Kind::Initial;
             return true;
@@ -583,8 +523,8 @@ impl Saver {
                 let mut trailer = [0u8; TRAILER_LEN];
                 trailer[..4].copy_from_slice(&TAG_END.to_le_bytes());
                 trailer[8..16].copy_from_slice(&self.records.to_le_bytes());
-                self.hasher.update(&trailer[..16]);
-                trailer[16..].copy_from_slice(&self.hasher.finish().to_le_bytes());
+                self.hasher.0.update(&trailer[..16]);
+                trailer[16..].copy_from_slice(&self.hasher.0.digest().to_le_bytes());
                 self.trailer = Some(trailer);
                 self.buf.extend_from_slice(&trailer);
                 self.payload_at = TRAILER_LEN;
@@ -635,7 +575,7 @@ impl Saver {
             self.buf.extend_from_slice(&word);
         }
         self.buf.truncate(RECORD_HEADER_LEN + len);
-        self.hasher.update(&self.buf);
+        self.hasher.0.update(&self.buf);
         self.records += 1;
         self.payload_at = RECORD_HEADER_LEN;
         self.kind = kind;
@@ -682,7 +622,7 @@ pub struct Loader {
     /// A header, record header or page split across writes, gathered.
     buf: Vec<u8>,
     filled: usize,
-    hasher: Hasher,
+    hasher: Checksum,
     records: u64,
     seed: u64,
     received: Bitmap,
@@ -702,7 +642,7 @@ impl Loader {
             stage: Stage::Header,
             buf: vec![0; page.max(HEADER_LEN)],
             filled: 0,
-            hasher: Hasher::default(),
+            hasher: Checksum(Xxh64::new(0)),
             records: 0,
             received: Bitmap::new(pages),
             received_count: 0,
@@ -770,7 +710,7 @@ impl Loader {
         match self.stage {
             Stage::Header => {
                 let header = unit;
-                self.hasher.update(header);
+                self.hasher.0.update(header);
                 if self.checks.header {
                     self.seed = self.own.accept(header, self.checks.device_type)?;
                 }
@@ -786,19 +726,19 @@ impl Loader {
                         {
                             return Err(Errno::EINVAL);
                         }
-                        self.hasher.update(record);
+                        self.hasher.0.update(record);
                         self.stage = Stage::Payload {
                             index,
                             generation: get_u64(record, 16),
                         };
                     }
                     TAG_END => {
-                        self.hasher.update(&record[..16]);
+                        self.hasher.0.update(&record[..16]);
                         let sound = get_u32(record, 4) == 0
                             && get_u64(record, 8) == self.records
                             && self.received_count == geometry.pages();
                         let checksum_ok =
-                            !self.checks.header || get_u64(record, 16) == self.hasher.finish();
+                            !self.checks.header || get_u64(record, 16) == self.hasher.0.digest();
                         if !(sound && checksum_ok) {
                             return Err(Errno::EINVAL);
                         }
@@ -811,7 +751,7 @@ impl Loader {
                 if !page_matches(self.seed, index, generation, unit) {
                     return Err(Errno::EINVAL);
                 }
-                self.hasher.update(unit);
+                self.hasher.0.update(unit);
                 self.records += 1;
                 if !self.received.get(index) {
                     self.received.set(index);
@@ -855,302 +795,4 @@ impl Loader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GEOMETRY: Geometry = Geometry {
-        state_size: 10 * 4096 + 100,
-        page_size: 4096,
-    };
-
-    fn header(seed: u64) -> Header {
-        Header {
-            device_type: "sim-a".into(),
-            geometry: GEOMETRY,
-            seed,
-            nonce: None,
-        }
-    }
-
-    fn save_all(content: &Content, chunk: usize) -> Vec<u8> {
-        let mut saver = Saver::new(&header(content.seed), Phase::StopCopy, 0);
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; chunk];
-        loop {
-            let n = saver.read(content, &mut buf, false);
-            if n == 0 {
-                return out;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    fn load(stream: &[u8], chunk: usize) -> Result<Loader, Errno> {
-        let mut loader = Loader::new(header(7), Checks::ALL);
-        for piece in stream.chunks(chunk) {
-            assert_eq!(loader.write(piece)?, piece.len());
-        }
-        Ok(loader)
-    }
-
-    #[test]
-    fn geometry() {
-        assert_eq!(GEOMETRY.pages(), 11);
-        assert_eq!(GEOMETRY.page_len(10), 100);
-        assert_eq!(GEOMETRY.records_len(0, 11), 11 * 24 + GEOMETRY.state_size);
-        assert_eq!(GEOMETRY.records_len(9, 11), 2 * 24 + 4096 + 100);
-        assert_eq!(
-            GEOMETRY.stream_len(),
-            80 + 24 + 11 * 24 + GEOMETRY.state_size
-        );
-    }
-
-    #[test]
-    fn pages_depend_on_seed_index_and_generation() {
-        let page = |seed, index, generation| {
-            let words = page_words(seed, index, generation).take(13);
-            words.flatten().take(100).collect::<Vec<u8>>()
-        };
-        assert_eq!(page(1, 2, 3), page(1, 2, 3));
-        assert_ne!(page(1, 2, 3), page(2, 2, 3));
-        assert_ne!(page(1, 2, 3), page(1, 3, 3));
-        assert_ne!(page(1, 2, 3), page(1, 2, 4));
-        assert_ne!(page(1, 2, 3)[..8], page(1, 2, 3)[8..16]);
-        // The content streams have always had (the stream format).
-        assert_eq!(page(1, 2, 3)[..8], 0x226f_2fe8_f080_447a_u64.to_le_bytes());
-        // A page matches itself, with or without a short last word, and
-        // nothing else.
-        let mut p = page(1, 2, 3);
-        assert!(page_matches(1, 2, 3, &p) && page_matches(1, 2, 3, &p[..96]));
-        assert!(!page_matches(1, 2, 4, &p));
-        p[99] ^= 1;
-        assert!(!page_matches(1, 2, 3, &p));
-        p[99] ^= 1;
-        p[0] ^= 1;
-        assert!(!page_matches(1, 2, 3, &p));
-    }
-
-    #[test]
-    fn checksum_ignores_splitting_and_sees_every_byte() {
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut whole = Hasher::default();
-        whole.update(&data);
-        for chunk in [1, 3, 31, 32, 33, 999] {
-            let mut h = Hasher::default();
-            data.chunks(chunk).for_each(|c| h.update(c));
-            assert_eq!(h.finish(), whole.finish(), "chunk {chunk}");
-        }
-        for i in [0, 500, 999] {
-            let mut flipped = data.clone();
-            flipped[i] ^= 1;
-            let mut h = Hasher::default();
-            h.update(&flipped);
-            assert_ne!(h.finish(), whole.finish());
-        }
-        let mut longer = Hasher::default();
-        longer.update(&data);
-        longer.update(&[0]);
-        assert_ne!(longer.finish(), whole.finish());
-    }
-
-    #[test]
-    fn bitmap_searches() {
-        let mut b = Bitmap::new(130);
-        assert_eq!(b.find_set_wrapping(0), None);
-        assert_eq!(b.last_clear(), Some(129));
-        b.set(5);
-        b.set(129);
-        assert_eq!(b.find_set_wrapping(6), Some(129));
-        assert_eq!(b.find_set_wrapping(130), Some(5));
-        assert_eq!(b.iter_set().collect::<Vec<_>>(), vec![5, 129]);
-        assert_eq!(b.last_clear(), Some(128));
-        b.clear(5);
-        assert!(!b.get(5));
-        let mut full = Bitmap::new(70);
-        (0..70).for_each(|i| full.set(i));
-        assert_eq!(full.last_clear(), None);
-        assert_eq!(full.find_from(3, |k| !full.words[k]), None);
-    }
-
-    #[test]
-    fn any_chunking_gives_the_same_stream_of_the_announced_length() {
-        let mut content = Content::new(7, GEOMETRY);
-        content.touch(3);
-        let whole = save_all(&content, 1 << 20);
-        assert_eq!(whole.len() as u64, GEOMETRY.stream_len());
-        assert_eq!(&whole[..8], b"VFMTSIM\0");
-        for chunk in [1, 7, 24, 4096] {
-            assert_eq!(save_all(&content, chunk), whole, "chunk {chunk}");
-        }
-    }
-
-    #[test]
-    fn streams_resume_in_any_chunking() {
-        let mut source = Content::new(7, GEOMETRY);
-        source.touch(3);
-        source.touch(3);
-        source.touch(10);
-        let stream = save_all(&source, 1 << 20);
-        for chunk in [1, 13, stream.len()] {
-            let loader = load(&stream, chunk).unwrap();
-            assert!(loader.is_complete());
-            let mut dest = Content::new(99, GEOMETRY);
-            dest.touch(5);
-            loader.adopt(&mut dest);
-            assert_eq!(dest, source);
-            assert_eq!(save_all(&dest, 999), stream);
-        }
-    }
-
-    #[test]
-    fn invalid_streams_are_refused_where_detected() {
-        let content = Content::new(7, GEOMETRY);
-        let stream = save_all(&content, 1 << 20);
-        // Every single-byte corruption is caught by a write.
-        for at in (0..stream.len())
-            .step_by(97)
-            .chain([0, 9, 30, 50, stream.len() - 1])
-        {
-            let mut bad = stream.clone();
-            bad[at] ^= 0x40;
-            assert_eq!(load(&bad, 13).err(), Some(Errno::EINVAL), "byte {at}");
-        }
-        // Truncation is not an error while writing, only incomplete.
-        let loader = load(&stream[..stream.len() - 1], 13).unwrap();
-        assert!(!loader.is_complete() && !loader.has_failed());
-        // Past the end: a short write, then ENOSPC.
-        let mut loader = load(&stream[..stream.len() - 3], 1000).unwrap();
-        let mut tail = stream[stream.len() - 3..].to_vec();
-        tail.extend_from_slice(&[0; 7]);
-        assert_eq!(loader.write(&tail), Ok(3));
-        assert!(loader.is_complete());
-        assert_eq!(loader.write(&[0]), Err(Errno::ENOSPC));
-        // Another device type.
-        let mut foreign = header(7);
-        foreign.device_type = "sim-b".into();
-        let mut saver = Saver::new(&foreign, Phase::StopCopy, 0);
-        let mut other = vec![0u8; stream.len()];
-        assert_eq!(saver.read(&content, &mut other, false), stream.len());
-        assert_eq!(load(&other, 4096).err(), Some(Errno::EINVAL));
-        // After a failure every write fails.
-        let mut loader = Loader::new(header(7), Checks::ALL);
-        assert_eq!(loader.write(&[0; 80]), Err(Errno::EINVAL));
-        assert_eq!(loader.write(&stream), Err(Errno::EINVAL));
-        assert!(loader.has_failed());
-    }
-
-    #[test]
-    fn a_stream_missing_a_page_is_refused_at_the_trailer() {
-        let content = Content::new(7, GEOMETRY);
-        let stream = save_all(&content, 1 << 20);
-        // Drop page 0's record and patch the trailer's count and checksum.
-        let record = 24 + 4096;
-        let mut cut = stream[..80].to_vec();
-        cut.extend_from_slice(&stream[80 + record..stream.len() - 24]);
-        let mut h = Hasher::default();
-        h.update(&cut);
-        let mut trailer = stream[stream.len() - 24..].to_vec();
-        trailer[8..16].copy_from_slice(&10u64.to_le_bytes());
-        h.update(&trailer[..16]);
-        trailer[16..].copy_from_slice(&h.finish().to_le_bytes());
-        cut.extend_from_slice(&trailer);
-        assert_eq!(load(&cut, 4096).err(), Some(Errno::EINVAL));
-    }
-
-    #[test]
-    fn precopy_then_stop_copy_is_one_stream() {
-        let mut content = Content::new(7, GEOMETRY);
-        let mut saver = Saver::new(&header(7), Phase::PreCopy, 3 * 4096);
-        let start = saver.initial_bytes();
-        assert_eq!(start, 80 + 3 * (24 + 4096));
-        assert_eq!(saver.first_initial_bytes(), start);
-        assert_eq!(saver.initial_payload_bytes(), 3 * 4096);
-        assert_eq!(saver.dirty_bytes(), 0);
-        let mut stream = Vec::new();
-        let mut buf = [0u8; 1000];
-        let n = saver.read(&content, &mut buf, false);
-        stream.extend_from_slice(&buf[..n]);
-        assert_eq!(saver.initial_bytes(), start - 1000);
-        // Page 0 was sent; the device changes it and page 7 (unsent).
-        content.touch(0);
-        saver.page_dirtied(0);
-        content.touch(7);
-        saver.page_dirtied(7);
-        assert_eq!(saver.dirty_bytes(), 24 + 4096);
-        loop {
-            let n = saver.read(&content, &mut buf, false);
-            if n == 0 {
-                break;
-            }
-            stream.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!((saver.initial_bytes(), saver.dirty_bytes()), (0, 0));
-        assert!(!saver.has_data());
-        assert_eq!(stream.len() as u64, start + 24 + 4096);
-        saver.set_phase(Phase::StopCopy);
-        assert!(saver.has_data());
-        let rest = saver.remaining();
-        assert_eq!(rest, GEOMETRY.records_len(3, 11) + 24);
-        loop {
-            let n = saver.read(&content, &mut buf, false);
-            if n == 0 {
-                break;
-            }
-            stream.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(saver.remaining(), 0);
-        assert_eq!(saver.trailer().unwrap(), stream[stream.len() - 24..]);
-        let loader = load(&stream, 13).unwrap();
-        let mut dest = Content::new(1, GEOMETRY);
-        loader.adopt(&mut dest);
-        assert_eq!(dest, content);
-    }
-
-    #[test]
-    fn checks_can_be_switched_off() {
-        let content = Content::new(7, GEOMETRY);
-        let stream = save_all(&content, 1 << 20);
-        let mut bad = stream.clone();
-        bad[0] ^= 1;
-        let lax = Checks {
-            header: false,
-            ..Checks::ALL
-        };
-        let mut loader = Loader::new(header(7), lax);
-        assert_eq!(loader.write(&bad), Ok(bad.len()));
-        assert!(loader.is_complete());
-        // Chunked writes break when a write's offset is ignored; one write works.
-        let sloppy = Checks {
-            honour_offset: false,
-            ..Checks::ALL
-        };
-        let mut loader = Loader::new(header(7), sloppy);
-        assert_eq!(loader.write(&stream), Ok(stream.len()));
-        let mut loader = Loader::new(header(7), sloppy);
-        let err = stream
-            .chunks(13)
-            .try_for_each(|c| loader.write(c).map(drop));
-        assert_eq!(err, Err(Errno::EINVAL));
-        let mut loader = Loader::new(
-            header(7),
-            Checks {
-                refuse_oversize: false,
-                ..Checks::ALL
-            },
-        );
-        loader.write(&stream).unwrap();
-        assert_eq!(loader.write(&[1, 2, 3]), Ok(3));
-    }
-
-    #[test]
-    fn offset_ignored_reads_repeat_the_record_start() {
-        let content = Content::new(7, GEOMETRY);
-        let mut saver = Saver::new(&header(7), Phase::StopCopy, 0);
-        let mut a = [0u8; 8];
-        let mut b = [0u8; 8];
-        saver.read(&content, &mut a, true);
-        saver.read(&content, &mut b, true);
-        assert_eq!(a, b);
-        assert_eq!(&a, b"VFMTSIM\0");
-    }
-}
+mod tests;
