@@ -13,4 +13,5 @@ pub mod model;
 pub mod requirements;
 pub mod savefile;
 pub mod scenario;
+pub mod size;
 pub mod uapi;

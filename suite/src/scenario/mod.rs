@@ -23,8 +23,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 pub use results::{SourceLoc, Strength};
 
+use crate::size::parse_size;
 pub use ops::{Op, OpInfo, Scope, OPERATIONS};
-pub use validate::{parse_size, MAX_TIMEOUT};
+pub use validate::MAX_TIMEOUT;
 
 /// Which protocol a scenario targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

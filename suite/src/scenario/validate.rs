@@ -280,33 +280,6 @@ pub(super) fn check_protocol(ctx: &Ctx, op: &Op, at: &Location) -> R<()> {
     }
 }
 
-/// Parses `4096`, `7`, `4KiB`, `1MiB`, `2GiB` (also `K`, `M`, `G`, `KB` as
-/// binary units).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '_')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: u64 = num
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (write e.g. 4096, 7, 4KiB or 1MiB)"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" | "KiB" => 1 << 10,
-        "M" | "MB" | "MiB" => 1 << 20,
-        "G" | "GB" | "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{text}`: use KiB, MiB or GiB"
-            ))
-        }
-    };
-    num.checked_mul(mult)
-        .ok_or_else(|| format!("size `{text}` is too large"))
-}
-
 pub(super) fn size(ctx: &Ctx, s: &Spanned<RawSize>) -> R<u64> {
     match &s.value {
         RawSize::Bytes(n) => Ok(*n),

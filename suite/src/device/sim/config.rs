@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::faults::{catalogue, Fault};
 use crate::model::MigrationFlags;
+use crate::size::parse_size;
 
 /// When a v1 device freezes its state after `_RUNNING` is cleared (the
 /// October 2021 question; see V1-STATE-06).
@@ -271,32 +272,6 @@ fn parse_flags(value: &str) -> Result<MigrationFlags, String> {
     }
 }
 
-/// `4096`, `64KiB`, `1MiB`, `4GiB`, `1TiB` (also `K`, `M`, `G`, `T`, `B`).
-pub(crate) fn parse_size(value: &str) -> Result<u64, String> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (digits, suffix) = value.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{value}` is not a size (e.g. 4096, 64KiB, 4GiB)"))?;
-    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "`{value}`: unknown size suffix (use KiB, MiB, GiB, TiB)"
-            ))
-        }
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{value}` is too large"))
-}
-
 fn parse_bool(value: &str) -> Result<bool, String> {
     match value {
         "true" | "yes" | "on" | "1" => Ok(true),
@@ -417,16 +392,5 @@ mod tests {
             let err = SimConfig::parse(bad).unwrap_err();
             assert!(err.contains(needle), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1mib"), Ok(1 << 20));
-        assert_eq!(parse_size("4G"), Ok(4 << 30));
-        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
-        assert!(parse_size("KiB").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
     }
 }
