@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use results::{CaseFold, CaseResult, CheckRecord, Event, Outcome, Strength, Verdict};
-use suite::device::DeviceDescription;
+use suite::device::{DeviceDescription, DeviceSpec};
 use suite::exec::DeviceCaps;
 use suite::scenario::Scenario;
 
@@ -39,21 +39,21 @@ pub struct Harness {
 /// The devices of one case, by spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseSpecs {
-    pub device: String,
-    pub destination: Option<String>,
-    pub incompatible: Option<String>,
+    pub device: DeviceSpec,
+    pub destination: Option<DeviceSpec>,
+    pub incompatible: Option<DeviceSpec>,
 }
 
 impl CaseSpecs {
     /// Only simulated devices: nothing the case does can hang a kernel, so
     /// dangerous steps run without --include-dangerous.
     pub fn all_simulated(&self) -> bool {
-        self.roles().iter().all(|(_, s)| crate::run::is_sim(s))
+        self.roles().iter().all(|(_, s)| s.is_sim())
     }
 
     /// (role, spec) of every device the case uses.
-    pub fn roles(&self) -> Vec<(&'static str, &str)> {
-        let mut v = vec![("device", self.device.as_str())];
+    pub fn roles(&self) -> Vec<(&'static str, &DeviceSpec)> {
+        let mut v = vec![("device", &self.device)];
         if let Some(d) = &self.destination {
             v.push(("destination", d));
         }
@@ -69,7 +69,7 @@ impl CaseSpecs {
 pub struct CaseRun {
     pub result: CaseResult,
     /// (spec, why): devices no later case may use.
-    pub wedged: Vec<(String, String)>,
+    pub wedged: Vec<(DeviceSpec, String)>,
 }
 
 /// Why a device cannot be used.
@@ -146,9 +146,12 @@ fn collect(h: &Harness, cmd: Command) -> Collected {
 }
 
 /// Opens `spec` in a child and asks what it supports.
-pub fn probe(h: &Harness, spec: &str) -> Result<(DeviceDescription, DeviceCaps), ProbeFailure> {
+pub fn probe(
+    h: &Harness,
+    spec: &DeviceSpec,
+) -> Result<(DeviceDescription, DeviceCaps), ProbeFailure> {
     let mut cmd = command(h, "__probe");
-    cmd.arg("--device").arg(spec);
+    cmd.arg("--device").arg(spec.to_string());
     let c = collect(h, cmd);
     if let Some(t) = c.stopped {
         return Err(ProbeFailure::Wedged(stuck_message(
@@ -171,10 +174,10 @@ pub fn probe(h: &Harness, spec: &str) -> Result<(DeviceDescription, DeviceCaps),
 }
 
 /// Resets `spec` in a child and checks it is RUNNING again.
-pub fn restore(h: &Harness, spec: &str, protocol: &str) -> Result<(), String> {
+pub fn restore(h: &Harness, spec: &DeviceSpec, protocol: &str) -> Result<(), String> {
     let mut cmd = command(h, "__restore");
     cmd.arg("--device")
-        .arg(spec)
+        .arg(spec.to_string())
         .arg("--protocol")
         .arg(protocol);
     let c = collect(h, cmd);
@@ -229,12 +232,12 @@ pub fn run_case(
     ));
     fold.result.about = scenario.about.clone();
     let mut cmd = command(h, "__case");
-    cmd.arg("--device").arg(&specs.device);
+    cmd.arg("--device").arg(specs.device.to_string());
     if let Some(d) = &specs.destination {
-        cmd.arg("--destination").arg(d);
+        cmd.arg("--destination").arg(d.to_string());
     }
     if let Some(i) = &specs.incompatible {
-        cmd.arg("--incompatible").arg(i);
+        cmd.arg("--incompatible").arg(i.to_string());
     }
     cmd.arg("--file")
         .arg(&scenario.file)
@@ -365,7 +368,7 @@ pub fn run_case(
             scenario.name
         );
         for (_, spec) in specs.roles() {
-            wedged.push((spec.to_string(), reason.clone()));
+            wedged.push((spec.clone(), reason.clone()));
         }
     } else if open_failed.is_none() {
         let killed = termination.is_some();
@@ -379,7 +382,7 @@ pub fn run_case(
             if killed || !matches!(own, Some(None)) {
                 if let Err(e) = restore(h, spec, scenario.protocol.as_str()) {
                     wedged.push((
-                        spec.to_string(),
+                        spec.clone(),
                         format!(
                             "could not be brought back to RUNNING after case {}: {e}",
                             scenario.name

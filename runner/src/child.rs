@@ -7,7 +7,7 @@ use std::io::Read;
 use std::time::Instant;
 
 use results::Event;
-use suite::device::{self, Device};
+use suite::device::{Device, DeviceSpec};
 use suite::exec::{self, Devices, ExecOptions};
 use suite::scenario::{self, Protocol};
 
@@ -120,8 +120,8 @@ pub fn restore(args: &RestoreArgs) -> i32 {
     }
 }
 
-fn open(role: &str, spec: &str) -> Option<Box<dyn Device>> {
-    match device::open(spec) {
+fn open(role: &str, spec: &DeviceSpec) -> Option<Box<dyn Device>> {
+    match spec.open() {
         Ok(d) => Some(d),
         Err(e) => {
             emit(&ChildLine::OpenFailed {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use suite::device::DeviceSpec;
+use suite::size::parse_size;
 
 /// Conformance tests for Linux VFIO live-migration drivers.
 ///
@@ -93,21 +95,21 @@ pub enum Command {
     /// List the VFIO devices of this host (or the given ones) and what each
     /// supports.
     #[command(name = "probe")]
-    ProbeDevices(crate::probe::ProbeCmd),
+    ProbeDevices(ProbeCmd),
     /// Save a device's migration state to a file: STOP, STOP_COPY, the
     /// stream to its end, STOP.
-    Save(crate::transfer::SaveArgs),
+    Save(SaveArgs),
     /// Load a saved migration state into a device: STOP, RESUMING, the
     /// stream, STOP.
-    Resume(crate::transfer::ResumeArgs),
+    Resume(ResumeArgs),
     /// Score the cases against every fault of the simulator's catalogue.
-    Faults(crate::faults::FaultsArgs),
+    Faults(FaultsArgs),
     #[command(name = "__probe", hide = true)]
     Probe(ProbeArgs),
     #[command(name = "__save", hide = true)]
-    SaveChild(crate::transfer::SaveArgs),
+    SaveChild(SaveArgs),
     #[command(name = "__resume", hide = true)]
-    ResumeChild(crate::transfer::ResumeArgs),
+    ResumeChild(ResumeArgs),
     #[command(name = "__case", hide = true)]
     Case(CaseArgs),
     #[command(name = "__restore", hide = true)]
@@ -128,16 +130,16 @@ pub struct RunArgs {
     /// Device under test: PCI address (0000:3b:00.1), mdev UUID,
     /// /dev/vfio/devices/vfioN, `sim` or `sim:OPTIONS`. Repeatable.
     /// [env: VFIO_MIGTEST_DEVICES, comma-separated] [default: sim]
-    #[arg(long = "device", value_name = "SPEC")]
-    pub devices: Vec<String>,
+    #[arg(long = "device", value_name = "SPEC", value_parser = device_spec)]
+    pub devices: Vec<DeviceSpec>,
     /// A second device of the same type to resume into (default for the
     /// simulator: another simulator with the same options).
-    #[arg(long, value_name = "SPEC", env = "VFIO_MIGTEST_DESTINATION")]
-    pub destination: Option<String>,
+    #[arg(long, value_name = "SPEC", env = "VFIO_MIGTEST_DESTINATION", value_parser = device_spec)]
+    pub destination: Option<DeviceSpec>,
     /// A device of another type, whose streams must be refused (default for
     /// the simulator: a simulator of another type).
-    #[arg(long, value_name = "SPEC", env = "VFIO_MIGTEST_INCOMPATIBLE")]
-    pub incompatible: Option<String>,
+    #[arg(long, value_name = "SPEC", env = "VFIO_MIGTEST_INCOMPATIBLE", value_parser = device_spec)]
+    pub incompatible: Option<DeviceSpec>,
     /// Scenario directory instead of the built-in catalogue.
     #[arg(long, value_name = "DIR", env = "VFIO_MIGTEST_CASES")]
     pub cases: Option<PathBuf>,
@@ -217,22 +219,167 @@ impl RunArgs {
 }
 
 fn parse_buffer_size(text: &str) -> Result<usize, String> {
-    let n = suite::scenario::parse_size(text)?;
+    let n = parse_size(text)?;
     if !(4096..=1 << 30).contains(&n) {
         return Err(format!("{text}: the buffer must be 4KiB to 1GiB"));
     }
     usize::try_from(n).map_err(|_| format!("{text}: too large"))
 }
 
-/// Splits `VFIO_MIGTEST_DEVICES`. Simulator specs carry comma-separated
-/// options (`sim:v1,fault=x`), so a piece that does not start a spec
-/// continues the one before it.
-pub fn split_device_list(list: &str) -> Vec<String> {
+#[derive(Debug, Clone, Args)]
+pub struct ProbeCmd {
+    /// Probe this device instead of every VFIO device of the host: PCI
+    /// address, mdev UUID, /dev/vfio/devices/vfioN, `sim` or `sim:OPTIONS`.
+    /// Repeatable.
+    #[arg(long = "device", value_name = "SPEC", value_parser = device_spec)]
+    pub devices: Vec<DeviceSpec>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Deadline of opening and probing one device.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SaveArgs {
+    /// The source device: PCI address, mdev UUID, /dev/vfio/devices/vfioN,
+    /// `sim` or `sim:OPTIONS`.
+    #[arg(long, value_name = "SPEC", value_parser = device_spec)]
+    pub device: DeviceSpec,
+    /// The save file (written to a temporary file, then renamed).
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Size of each read() on the data fd.
+    #[arg(long, value_name = "SIZE", value_parser = parse_chunk, default_value = "1MiB")]
+    pub chunk: usize,
+    /// Deadline of the whole save.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+}
+
+/// The state to SET after a successful resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Then {
+    Running,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    /// The destination device.
+    #[arg(long, value_name = "SPEC", value_parser = device_spec)]
+    pub device: DeviceSpec,
+    /// A file written by `vfio-migtest save`.
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Size of each write() on the data fd (1 byte to 1GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_chunk, default_value = "1MiB")]
+    pub chunk: usize,
+    /// Deadline of the whole resume.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+    /// Resume even if the file was saved from another driver or device type.
+    #[arg(long)]
+    pub force: bool,
+    /// After the resume, SET this state (default: leave the device in STOP).
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub then: Option<Then>,
+    /// After the resume, save the device again into FILE: for a
+    /// deterministic device its stream equals the one resumed.
+    #[arg(long, value_name = "FILE")]
+    pub resave: Option<PathBuf>,
+}
+
+fn parse_chunk(text: &str) -> Result<usize, String> {
+    let n = parse_size(text)?;
+    if !(1..=1 << 30).contains(&n) {
+        return Err(format!("{text}: a chunk is 1 byte to 1GiB"));
+    }
+    usize::try_from(n).map_err(|_| format!("{text}: too large"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FaultsArgs {
+    /// Scenario directory instead of the built-in catalogue.
+    #[arg(long, value_name = "DIR", env = "VFIO_MIGTEST_CASES")]
+    pub cases: Option<PathBuf>,
+    /// Score only this fault (repeatable; default: every fault).
+    #[arg(long = "fault", value_name = "NAME")]
+    pub faults: Vec<String>,
+    /// Deadline of every case against a fault that hangs (a case's own
+    /// longer timeout is cut to this); elsewhere a case keeps its own
+    /// timeout (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "3s")]
+    pub case_timeout: Duration,
+    /// Cases run at once (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub test_threads: Option<NonZeroUsize>,
+    /// Seed of every random choice.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The visible subcommand a word resembles: one it begins, or one within
+/// two edits of it (`prob`, `repotr`, `fualts`).
+pub fn subcommand_like(word: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let word = word.to_ascii_lowercase();
+    let cli = Cli::command();
+    let names: Vec<&str> = cli
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| c.get_name())
+        .collect();
+    let begins = names
+        .iter()
+        .find(|n| word.len() >= 2 && n.starts_with(word.as_str()));
+    let near = || {
+        names
+            .iter()
+            .map(|n| (edit_distance(&word, n), *n))
+            .filter(|(d, _)| *d <= 2 && word.len() > 2)
+            .min()
+            .map(|(_, n)| n)
+    };
+    begins.copied().or_else(near).map(str::to_string)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The value parser of every device option: a spec as users write it, with
+/// the spec's own error text.
+pub fn device_spec(text: &str) -> Result<DeviceSpec, String> {
+    DeviceSpec::parse(text).map_err(|e| e.to_string())
+}
+
+/// Splits and parses `VFIO_MIGTEST_DEVICES`. Simulator specs carry
+/// comma-separated options (`sim:v1,fault=x`), so a piece that does not
+/// start a spec continues the one before it.
+pub fn split_device_list(list: &str) -> Result<Vec<DeviceSpec>, String> {
     let mut specs: Vec<String> = Vec::new();
     for piece in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let starts_spec = piece == "sim"
             || piece.starts_with("sim:")
-            || suite::device::DeviceSpec::parse(piece).is_ok_and(|s| !s.is_sim());
+            || DeviceSpec::parse(piece).is_ok_and(|s| !s.is_sim());
         match specs.last_mut() {
             Some(last) if !starts_spec && last.starts_with("sim") => {
                 last.push(if last == "sim" { ':' } else { ',' });
@@ -242,6 +389,9 @@ pub fn split_device_list(list: &str) -> Vec<String> {
         }
     }
     specs
+        .iter()
+        .map(|s| device_spec(s).map_err(|e| format!("VFIO_MIGTEST_DEVICES: {e}")))
+        .collect()
 }
 
 /// What `__generate` writes.
@@ -266,19 +416,19 @@ pub struct GenerateArgs {
 /// `__probe`: open one device, print its description and capabilities.
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
-    #[arg(long)]
-    pub device: String,
+    #[arg(long, value_parser = device_spec)]
+    pub device: DeviceSpec,
 }
 
 /// `__case`: run one scenario (its text on stdin), streaming events.
 #[derive(Debug, Clone, Args)]
 pub struct CaseArgs {
-    #[arg(long)]
-    pub device: String,
-    #[arg(long)]
-    pub destination: Option<String>,
-    #[arg(long)]
-    pub incompatible: Option<String>,
+    #[arg(long, value_parser = device_spec)]
+    pub device: DeviceSpec,
+    #[arg(long, value_parser = device_spec)]
+    pub destination: Option<DeviceSpec>,
+    #[arg(long, value_parser = device_spec)]
+    pub incompatible: Option<DeviceSpec>,
     /// The scenario's display path.
     #[arg(long)]
     pub file: String,
@@ -295,8 +445,8 @@ pub struct CaseArgs {
 /// `__restore`: reset one device and check it is running again.
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
-    #[arg(long)]
-    pub device: String,
+    #[arg(long, value_parser = device_spec)]
+    pub device: DeviceSpec,
     #[arg(long, value_parser = ["v1", "v2"])]
     pub protocol: String,
 }
@@ -352,7 +502,13 @@ mod tests {
         let Some(Command::Run(run)) = cli.command else {
             panic!("not run");
         };
-        assert_eq!(run.devices, ["sim:v1", "0000:3b:00.1"]);
+        assert_eq!(
+            run.devices,
+            [
+                DeviceSpec::Sim("v1".into()),
+                DeviceSpec::Pci("0000:3b:00.1".into())
+            ]
+        );
         assert_eq!(run.timeout, Duration::from_secs(90));
         assert_eq!(run.buffer_size, 65536);
         assert_eq!(run.format, Format::Ktap);
@@ -386,11 +542,41 @@ mod tests {
     }
 
     #[test]
+    fn chunks_are_one_byte_to_one_gib() {
+        assert_eq!(parse_chunk("13"), Ok(13));
+        assert_eq!(parse_chunk("1MiB"), Ok(1 << 20));
+        assert!(parse_chunk("0").is_err());
+        assert!(parse_chunk("2GiB").is_err());
+        assert!(parse_chunk("lots").is_err());
+    }
+
+    #[test]
+    fn misspelt_subcommands_are_recognised() {
+        for (word, sub) in [
+            ("prob", Some("probe")),
+            ("repotr", Some("report")),
+            ("fualts", Some("faults")),
+            ("VALIDATE", Some("validate")),
+            ("fsm-every-arc", None),
+            ("walk", None),
+            ("r", None),
+            ("__case", None),
+        ] {
+            assert_eq!(subcommand_like(word).as_deref(), sub, "{word}");
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
     fn device_list_keeps_simulator_options_together() {
+        let specs = split_device_list(
+            "sim:v1,fault=hang-transition, 0000:3b:00.1,sim,type=b,/dev/vfio/devices/vfio3",
+        )
+        .unwrap();
+        let texts: Vec<String> = specs.iter().map(ToString::to_string).collect();
         assert_eq!(
-            split_device_list(
-                "sim:v1,fault=hang-transition, 0000:3b:00.1,sim,type=b,/dev/vfio/devices/vfio3"
-            ),
+            texts,
             [
                 "sim:v1,fault=hang-transition",
                 "0000:3b:00.1",
@@ -398,6 +584,11 @@ mod tests {
                 "/dev/vfio/devices/vfio3"
             ]
         );
-        assert_eq!(split_device_list(""), Vec::<String>::new());
+        assert_eq!(split_device_list(""), Ok(Vec::new()));
+        let e = split_device_list("eth0,sim").unwrap_err();
+        assert!(
+            e.starts_with("VFIO_MIGTEST_DEVICES: device spec `eth0`"),
+            "{e}"
+        );
     }
 }

@@ -14,24 +14,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Args;
 use results::{CaseResult, Outcome, Verdict};
 use serde::Serialize;
 use suite::device::sim::{catalogue, Expected, Fault, FaultInfo};
+use suite::device::DeviceSpec;
 use suite::exec::{self, DeviceCaps, RunSettings};
 use suite::requirements;
 
 use crate::case::{self, CaseSpecs, Harness, ProbeFailure};
 use crate::cases::Case;
-use crate::run::{incompatible_sim, sim_config};
+use crate::cli::FaultsArgs;
+use crate::signals;
 use crate::supervise::KillPolicy;
-use crate::{signals, Usage};
+use crate::usage::Usage;
 
 /// Checked by the runner around every case, not by a scenario step.
 const RUNNER_IDS: &[&str] = &["KERNEL-01"];
@@ -46,30 +46,6 @@ const DEVICE_TIMEOUT: Duration = Duration::from_secs(10);
 const CASE_GRACE: Duration = Duration::from_secs(1);
 /// Cases named in the table per fault.
 const SHOWN: usize = 3;
-
-#[derive(Debug, Clone, Args)]
-pub struct FaultsArgs {
-    /// Scenario directory instead of the built-in catalogue.
-    #[arg(long, value_name = "DIR", env = "VFIO_MIGTEST_CASES")]
-    pub cases: Option<PathBuf>,
-    /// Score only this fault (repeatable; default: every fault).
-    #[arg(long = "fault", value_name = "NAME")]
-    pub faults: Vec<String>,
-    /// Deadline of every case against a fault that hangs (a case's own
-    /// longer timeout is cut to this); elsewhere a case keeps its own
-    /// timeout (default 60s).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "3s")]
-    pub case_timeout: Duration,
-    /// Cases run at once (default: the number of CPUs).
-    #[arg(long, value_name = "N")]
-    pub test_threads: Option<NonZeroUsize>,
-    /// Seed of every random choice.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub seed: u64,
-    /// Print one JSON document instead of the table.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// What `faults --json` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -223,7 +199,7 @@ fn coverage(cases: &[Case]) -> (usize, usize, Vec<String>) {
 
 /// The simulator a row of the score runs against.
 struct Target {
-    spec: String,
+    spec: DeviceSpec,
     fault: Option<&'static FaultInfo>,
 }
 
@@ -288,12 +264,12 @@ fn parallel<T: Sync, R: Send>(
 type TargetCaps = Result<(DeviceCaps, Option<DeviceCaps>), String>;
 
 fn probe_target(h: &Harness, t: &Target) -> TargetCaps {
-    let caps = |spec: &str| match case::probe(h, spec) {
+    let caps = |spec: &DeviceSpec| match case::probe(h, spec) {
         Ok((_, caps)) => Ok(caps),
         Err(ProbeFailure::Open(m) | ProbeFailure::Wedged(m)) => Err(format!("{spec}: {m}")),
     };
     let device = caps(&t.spec)?;
-    let incompatible = match incompatible_sim(&t.spec) {
+    let incompatible = match t.spec.incompatible_sim() {
         Some(spec) => Some(caps(&spec)?),
         None => None,
     };
@@ -321,7 +297,7 @@ fn run_one(
     };
     let settings = RunSettings {
         include_dangerous: true,
-        deterministic_stream: sim_config(&t.spec).is_none_or(|c| c.deterministic()),
+        deterministic_stream: t.spec.sim_config().is_none_or(|c| c.deterministic()),
     };
     // The destination is another simulator with the same options.
     if let Err(why) = exec::applicable(s, device, Some(device), incompatible.as_ref(), settings) {
@@ -331,7 +307,7 @@ fn run_one(
         device: t.spec.clone(),
         destination: s.requires.destination.then(|| t.spec.clone()),
         incompatible: if s.requires.incompatible {
-            incompatible_sim(&t.spec)
+            t.spec.incompatible_sim()
         } else {
             None
         },
@@ -443,11 +419,11 @@ pub fn faults(args: &FaultsArgs) -> Result<i32> {
         progress: crate::progress::Progress::default(),
     };
     let targets: Vec<Target> = std::iter::once(Target {
-        spec: "sim".into(),
+        spec: DeviceSpec::Sim(String::new()),
         fault: None,
     })
     .chain(selected.iter().map(|f| Target {
-        spec: format!("sim:fault={}", f.name),
+        spec: DeviceSpec::Sim(format!("fault={}", f.name)),
         fault: Some(f),
     }))
     .collect();
@@ -693,7 +669,7 @@ mod tests {
         let case = |name: &str| cases.iter().find(|c| c.scenario.name == name).unwrap();
         let (walk, fresh) = (case("walk"), case("fresh-device"));
         let target = |fault: Option<&str>| Target {
-            spec: String::new(),
+            spec: DeviceSpec::Sim(String::new()),
             fault: fault.map(info),
         };
         let cut = Duration::from_secs(3);

@@ -19,6 +19,7 @@ mod run;
 mod signals;
 mod supervise;
 mod transfer;
+mod usage;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,18 +28,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use cli::{Cli, Command};
-
-/// A usage error or invalid input: exit status 2, nothing was run.
-#[derive(Debug)]
-pub struct Usage(pub String);
-
-impl std::fmt::Display for Usage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Usage {}
+use usage::Usage;
 
 const USAGE_EXIT: i32 = 2;
 

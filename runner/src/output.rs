@@ -132,6 +132,13 @@ pub fn temp_path(path: &Path) -> io::Result<PathBuf> {
     )))
 }
 
+/// A one-line file such as /proc/sys/kernel/osrelease, or `unknown`.
+pub fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,33 +6,17 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use suite::device::kernel::{discover, Discovered};
 use suite::device::{Access, DeviceSpec};
 use suite::uapi::migration_flag_names;
 
 use crate::case::{self, Harness, ProbeFailure};
+use crate::cli::ProbeCmd;
 use crate::supervise::KillPolicy;
-use crate::Usage;
 
 /// kselftest's "skip": there is no device to work with.
 pub const NO_DEVICE_EXIT: i32 = 4;
-
-#[derive(Debug, Clone, Args)]
-pub struct ProbeCmd {
-    /// Probe this device instead of every VFIO device of the host: PCI
-    /// address, mdev UUID, /dev/vfio/devices/vfioN, `sim` or `sim:OPTIONS`.
-    /// Repeatable.
-    #[arg(long = "device", value_name = "SPEC")]
-    pub devices: Vec<String>,
-    /// Print one JSON document instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Deadline of opening and probing one device.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
-    pub timeout: Duration,
-}
 
 /// What `probe --json` prints (stable: fields are only ever added).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,7 +82,7 @@ pub struct V1Region {
 type Probed = Result<(suite::device::DeviceDescription, suite::exec::DeviceCaps), ProbeFailure>;
 
 impl ProbedDevice {
-    fn new(spec: &str, sysfs: Option<&Discovered>, probed: &Probed) -> ProbedDevice {
+    fn new(spec: &DeviceSpec, sysfs: Option<&Discovered>, probed: &Probed) -> ProbedDevice {
         let mut d = ProbedDevice {
             spec: spec.to_string(),
             name: spec.to_string(),
@@ -193,12 +177,10 @@ fn harness(timeout: Duration) -> Result<Harness> {
 }
 
 /// The discovered device a spec names, if discovery found it.
-fn sysfs_entry<'a>(known: &'a [Discovered], spec: &str) -> Option<&'a Discovered> {
-    match DeviceSpec::parse(spec).ok()? {
-        DeviceSpec::Pci(name) | DeviceSpec::Mdev(name) => known.iter().find(|d| d.name == name),
-        DeviceSpec::Cdev(path) => known
-            .iter()
-            .find(|d| d.cdev.as_deref() == Some(path.as_str())),
+fn sysfs_entry<'a>(known: &'a [Discovered], spec: &DeviceSpec) -> Option<&'a Discovered> {
+    match spec {
+        DeviceSpec::Pci(name) | DeviceSpec::Mdev(name) => known.iter().find(|d| &d.name == name),
+        DeviceSpec::Cdev(path) => known.iter().find(|d| d.cdev.as_ref() == Some(path)),
         DeviceSpec::Sim(_) => None,
     }
 }
@@ -221,10 +203,7 @@ pub fn probe(args: &ProbeCmd) -> Result<i32> {
             Ok(found) => (found.iter().map(Discovered::spec).collect(), found),
         }
     } else {
-        for spec in &args.devices {
-            DeviceSpec::parse(spec).map_err(|e| Usage(e.to_string()))?;
-        }
-        let real = args.devices.iter().any(|s| !crate::run::is_sim(s));
+        let real = args.devices.iter().any(|s| !s.is_sim());
         // Explicit real devices still get their sysfs view when discovery works.
         let known = if real {
             discover().unwrap_or_default()
@@ -413,7 +392,11 @@ mod tests {
     #[test]
     fn sysfs_and_the_device_answers_combine() {
         let sysfs = discovered();
-        let d = ProbedDevice::new("0000:5e:00.0", Some(&sysfs), &probed("8086:10fb"));
+        let d = ProbedDevice::new(
+            &DeviceSpec::Pci("0000:5e:00.0".into()),
+            Some(&sysfs),
+            &probed("8086:10fb"),
+        );
         assert_eq!(d.migration_flag_names.as_deref(), Some("STOP_COPY|P2P"));
         assert_eq!(
             (d.dma_logging, d.precopy_info_v2),
@@ -425,7 +408,11 @@ mod tests {
             d.problems(),
             ["IOMMU group 20 is not viable: 0000:5e:00.1 (ixgbe) must be unbound or bound to vfio-pci"]
         );
-        let bad = ProbedDevice::new("0000:5e:00.0", Some(&sysfs), &probed("1234:5678"));
+        let bad = ProbedDevice::new(
+            &DeviceSpec::Pci("0000:5e:00.0".into()),
+            Some(&sysfs),
+            &probed("1234:5678"),
+        );
         assert_eq!(bad.ids_match, Some(false));
         assert!(bad.problems()[1].contains("config space says 1234:5678 but sysfs says 8086:10fb"));
     }
@@ -434,7 +421,11 @@ mod tests {
     fn a_device_that_cannot_be_opened_keeps_its_sysfs_view() {
         let sysfs = discovered();
         let failed: Probed = Err(ProbeFailure::Open("0000:5e:00.0: group 20 is busy".into()));
-        let d = ProbedDevice::new("0000:5e:00.0", Some(&sysfs), &failed);
+        let d = ProbedDevice::new(
+            &DeviceSpec::Pci("0000:5e:00.0".into()),
+            Some(&sysfs),
+            &failed,
+        );
         assert_eq!(d.driver.as_deref(), Some("vfio-pci"));
         assert_eq!(d.device_type.as_deref(), Some("8086:10fb"));
         assert_eq!(d.migration_flags, None);
@@ -451,9 +442,17 @@ mod tests {
     #[test]
     fn specs_find_their_sysfs_entry() {
         let known = [discovered()];
-        assert!(sysfs_entry(&known, "5e:00.0").is_some());
-        assert!(sysfs_entry(&known, "/dev/vfio/devices/vfio2").is_some());
-        assert!(sysfs_entry(&known, "/dev/vfio/devices/vfio3").is_none());
-        assert!(sysfs_entry(&known, "sim").is_none());
+        assert!(sysfs_entry(&known, &crate::cli::device_spec("5e:00.0").unwrap()).is_some());
+        assert!(sysfs_entry(
+            &known,
+            &crate::cli::device_spec("/dev/vfio/devices/vfio2").unwrap()
+        )
+        .is_some());
+        assert!(sysfs_entry(
+            &known,
+            &crate::cli::device_spec("/dev/vfio/devices/vfio3").unwrap()
+        )
+        .is_none());
+        assert!(sysfs_entry(&known, &crate::cli::device_spec("sim").unwrap()).is_none());
     }
 }

@@ -18,7 +18,6 @@ use libtest_mimic::{Completion, Failed, Trial};
 use reports::summary::CheckStatus;
 use results::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults, Verdict};
 use serde::Deserialize;
-use suite::device::sim::SimConfig;
 use suite::device::{DeviceDescription, DeviceSpec};
 use suite::exec::{self, DeviceCaps, RunSettings};
 
@@ -30,7 +29,8 @@ use crate::kmsg::{self, KmsgWatch};
 use crate::output::{self, Journal, JournalLine};
 use crate::progress::Progress;
 use crate::supervise::KillPolicy;
-use crate::{render, signals, Usage};
+use crate::usage::Usage;
+use crate::{render, signals};
 
 /// Deadline of probing or restoring a device.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,82 +64,54 @@ fn load_profile(path: &Path) -> Result<Profile> {
 }
 
 /// The devices to test: `--device`, else `VFIO_MIGTEST_DEVICES`, else `sim`.
-fn device_specs(args: &RunArgs) -> Result<Vec<String>> {
+fn device_specs(args: &RunArgs) -> Result<Vec<DeviceSpec>> {
     let mut specs = args.devices.clone();
     if specs.is_empty() {
         if let Ok(list) = std::env::var("VFIO_MIGTEST_DEVICES") {
-            specs = split_device_list(&list);
+            specs = split_device_list(&list).map_err(Usage)?;
         }
     }
     if specs.is_empty() {
-        specs.push("sim".into());
+        specs.push(DeviceSpec::Sim(String::new()));
     }
     let mut seen = BTreeSet::new();
     for spec in &specs {
-        DeviceSpec::parse(spec).map_err(|e| Usage(e.to_string()))?;
         if !seen.insert(spec) {
             bail!(Usage(format!("device `{spec}` is given twice")));
         }
     }
-    for spec in args.destination.iter().chain(&args.incompatible) {
-        DeviceSpec::parse(spec).map_err(|e| Usage(e.to_string()))?;
-    }
     Ok(specs)
 }
 
-pub(crate) fn is_sim(spec: &str) -> bool {
-    DeviceSpec::parse(spec).is_ok_and(|s| s.is_sim())
-}
-
 /// The destination of `spec`'s two-device cases.
-fn destination_for(args: &RunArgs, spec: &str) -> Option<String> {
+fn destination_for(args: &RunArgs, spec: &DeviceSpec) -> Option<DeviceSpec> {
     args.destination
         .clone()
-        .or_else(|| is_sim(spec).then(|| spec.to_string()))
-}
-
-/// The simulator options of a `sim` spec, when they parse.
-pub(crate) fn sim_config(spec: &str) -> Option<SimConfig> {
-    match DeviceSpec::parse(spec) {
-        Ok(DeviceSpec::Sim(options)) => SimConfig::parse(&options).ok(),
-        _ => None,
-    }
+        .or_else(|| spec.is_sim().then(|| spec.clone()))
 }
 
 /// The device of another type for `spec`'s incompatible-stream cases: for
-/// the simulator, the same options with another `type=` (the last wins).
-fn incompatible_for(args: &RunArgs, spec: &str) -> Option<String> {
-    args.incompatible.clone().or_else(|| incompatible_sim(spec))
-}
-
-/// For a simulator spec, the same simulator with another `type=`.
-pub(crate) fn incompatible_sim(spec: &str) -> Option<String> {
-    is_sim(spec).then(|| {
-        let other = match sim_config(spec) {
-            Some(c) if c.device_type() == "sim-b" => "sim-a",
-            _ => "sim-b",
-        };
-        match spec.strip_prefix("sim:") {
-            Some(options) => format!("sim:{options},type={other}"),
-            None => format!("sim:type={other}"),
-        }
-    })
+/// the simulator, the same options with another `type=`.
+fn incompatible_for(args: &RunArgs, spec: &DeviceSpec) -> Option<DeviceSpec> {
+    args.incompatible
+        .clone()
+        .or_else(|| spec.incompatible_sim())
 }
 
 /// Whether `spec`'s streams repeat byte for byte: the simulator says so
 /// itself, real devices through `--profile`.
-fn deterministic(spec: &str, profile: &Profile) -> bool {
-    match sim_config(spec) {
+fn deterministic(spec: &DeviceSpec, profile: &Profile) -> bool {
+    match spec.sim_config() {
         Some(c) => c.deterministic(),
         None => profile.deterministic_stream,
     }
 }
 
-fn trial_name(device_index: usize, spec: &str, case: &str) -> String {
+fn trial_name(device_index: usize, spec: &DeviceSpec, case: &str) -> String {
     if device_index == 0 {
         case.to_string()
     } else {
-        format!("{}::{case}", reports::summary::slug(spec))
+        format!("{}::{case}", reports::summary::slug(&spec.to_string()))
     }
 }
 
@@ -183,13 +155,13 @@ struct Ctx {
     harness: Harness,
     cases: Vec<Case>,
     plans: Vec<Plan>,
-    device_specs: Vec<String>,
+    device_specs: Vec<DeviceSpec>,
     default_timeout: Duration,
     results: Mutex<Vec<Option<CaseResult>>>,
     /// spec -> why no case may use it any more.
-    wedged: Mutex<BTreeMap<String, String>>,
+    wedged: Mutex<BTreeMap<DeviceSpec, String>>,
     /// One lock per real device: it never runs two cases at once.
-    locks: BTreeMap<String, Mutex<()>>,
+    locks: BTreeMap<DeviceSpec, Mutex<()>>,
     journal: Journal,
     journal_failed: AtomicBool,
     /// Whether /dev/kmsg can be watched, else why not.
@@ -223,7 +195,7 @@ impl Ctx {
             return self.finish(i, self.not_run(i, Outcome::Error, reason.clone()));
         }
         // Sorted: two-device cases take their locks in one global order.
-        let specs: BTreeSet<&str> = plan.specs.roles().into_iter().map(|(_, s)| s).collect();
+        let specs: BTreeSet<&DeviceSpec> = plan.specs.roles().into_iter().map(|(_, s)| s).collect();
         let _guards: Vec<MutexGuard<'_, ()>> = specs
             .iter()
             .filter_map(|s| self.locks.get(*s))
@@ -243,7 +215,7 @@ impl Ctx {
         }
         let case = &self.cases[plan.case];
         let timeout = case.scenario.timeout.unwrap_or(self.default_timeout);
-        let real = specs.iter().any(|s| !is_sim(s));
+        let real = specs.iter().any(|s| !s.is_sim());
         let mut watch = match (&self.kmsg, real) {
             (Ok(()), true) => KmsgWatch::start().ok(),
             _ => None,
@@ -292,7 +264,7 @@ impl Ctx {
             result,
             self.harness.strict,
         );
-        let device = self.device_specs[self.plans[i].device].clone();
+        let device = self.device_specs[self.plans[i].device].to_string();
         let line = JournalLine::Case {
             device,
             result: result.clone(),
@@ -363,12 +335,6 @@ fn failure_text(r: &CaseResult, strict: bool) -> String {
     out
 }
 
-pub(crate) fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn random_seed() -> u64 {
     let mut b = [0u8; 8];
     match File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {
@@ -395,7 +361,7 @@ fn divert_stdout() -> Result<File> {
     Ok(File::from(saved))
 }
 
-fn device_results(spec: &str, probed: Option<&Probed>) -> DeviceResults {
+fn device_results(spec: &DeviceSpec, probed: Option<&Probed>) -> DeviceResults {
     let mut d = DeviceResults {
         spec: spec.to_string(),
         name: spec.to_string(),
@@ -420,6 +386,28 @@ fn device_results(spec: &str, probed: Option<&Probed>) -> DeviceResults {
         Some(Err(ProbeFailure::Open(_))) | None => {}
     }
     d
+}
+
+/// A FILTER that selects no case is a mistake, most often a misspelt
+/// subcommand (`vfio-migtest prob`): say so instead of running nothing.
+fn check_filter(filter: &str, exact: bool, names: &[String]) -> Result<()> {
+    let matches = |n: &String| {
+        if exact {
+            n == filter
+        } else {
+            n.contains(filter)
+        }
+    };
+    if names.iter().any(matches) {
+        return Ok(());
+    }
+    let hint = match crate::cli::subcommand_like(filter) {
+        Some(sub) => format!("; did you mean the subcommand `vfio-migtest {sub}`?"),
+        None => "; `vfio-migtest list` shows the cases".into(),
+    };
+    bail!(Usage(format!(
+        "no case matches the filter `{filter}`{hint}"
+    )))
 }
 
 /// Runs the suite; returns the exit code.
@@ -454,13 +442,25 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .iter()
         .chain(&args.destination)
         .chain(&args.incompatible)
-        .all(|s| is_sim(s));
+        .all(|s| s.is_sim());
     let threads = match args.test_threads {
         Some(n) => n.get(),
         None if all_sim => std::thread::available_parallelism().map_or(1, |n| n.get()),
         None => 1,
     };
     let targs = libtest_args(args, threads);
+    let names: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .flat_map(|(di, spec)| {
+            cases
+                .iter()
+                .map(move |c| trial_name(di, spec, &c.scenario.name))
+        })
+        .collect();
+    if let Some(filter) = &args.filter {
+        check_filter(filter, args.exact, &names)?;
+    }
 
     if args.list {
         let trials = specs
@@ -488,8 +488,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let seed = args.seed.unwrap_or_else(random_seed);
     let mut meta = RunMeta {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel_release: read_trimmed("/proc/sys/kernel/osrelease"),
-        host: read_trimmed("/proc/sys/kernel/hostname"),
+        kernel_release: output::read_trimmed("/proc/sys/kernel/osrelease"),
+        host: output::read_trimmed("/proc/sys/kernel/hostname"),
         started: now_rfc3339(),
         finished: None,
         command_line: std::env::args().collect(),
@@ -536,7 +536,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     };
 
     // Probe every device once, in a child, before any case.
-    let mut probed: BTreeMap<String, Probed> = BTreeMap::new();
+    let mut probed: BTreeMap<DeviceSpec, Probed> = BTreeMap::new();
     for spec in &specs {
         let peers = [destination_for(args, spec), incompatible_for(args, spec)];
         for s in std::iter::once(spec.clone()).chain(peers.into_iter().flatten()) {
@@ -561,10 +561,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         .map(|s| {
             let mut d = device_results(s, probed.get(s));
             if let Some(dest) = destination_for(args, s) {
-                d.peers.insert("destination".into(), dest);
+                d.peers.insert("destination".into(), dest.to_string());
             }
             if let Some(inc) = incompatible_for(args, s) {
-                d.peers.insert("incompatible".into(), inc);
+                d.peers.insert("incompatible".into(), inc.to_string());
             }
             d
         })
@@ -630,7 +630,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             .iter()
             .chain(&args.destination)
             .chain(&args.incompatible)
-            .filter(|s| !is_sim(s))
+            .filter(|s| !s.is_sim())
             .map(|s| (s.clone(), Mutex::new(())))
             .collect(),
         journal,
@@ -689,8 +689,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             devices[ctx.plans[i].device].cases.push(r);
         }
     }
-    for d in &mut devices {
-        if let Some(w) = wedged.get(&d.spec) {
+    for (d, spec) in devices.iter_mut().zip(&specs) {
+        if let Some(w) = wedged.get(spec) {
             d.wedged.get_or_insert_with(|| w.clone());
         }
         d.downtime_ns = d
@@ -756,11 +756,11 @@ fn will_run(plan: &Plan, args: &RunArgs) -> bool {
 fn decide(
     plan: &mut Plan,
     s: &suite::scenario::Scenario,
-    probed: &BTreeMap<String, Probed>,
+    probed: &BTreeMap<DeviceSpec, Probed>,
     settings: RunSettings,
 ) {
     let caps_of =
-        |spec: &Option<String>, role: &str| -> Result<Option<DeviceCaps>, (bool, String)> {
+        |spec: &Option<DeviceSpec>, role: &str| -> Result<Option<DeviceCaps>, (bool, String)> {
             match spec {
                 None => Ok(None),
                 Some(spec) => match probed.get(spec) {
@@ -802,14 +802,25 @@ fn decide(
 mod tests {
     use super::*;
 
+    fn spec(text: &str) -> DeviceSpec {
+        crate::cli::device_spec(text).unwrap()
+    }
+
+    fn spec_text(s: Option<DeviceSpec>) -> Option<String> {
+        s.map(|s| s.to_string())
+    }
+
     #[test]
     fn trial_names_prefix_only_later_devices() {
-        assert_eq!(trial_name(0, "sim", "fsm"), "fsm");
+        assert_eq!(trial_name(0, &spec("sim"), "fsm"), "fsm");
         assert_eq!(
-            trial_name(1, "sim:v1,fault=x", "fsm"),
+            trial_name(1, &spec("sim:v1,fault=x"), "fsm"),
             "sim-v1-fault-x::fsm"
         );
-        assert_eq!(trial_name(2, "0000:3b:00.1", "fsm"), "0000-3b-00-1::fsm");
+        assert_eq!(
+            trial_name(2, &spec("0000:3b:00.1"), "fsm"),
+            "0000-3b-00-1::fsm"
+        );
     }
 
     #[test]
@@ -819,53 +830,72 @@ mod tests {
             incompatible: None,
             ..parse_run(&[])
         };
-        assert_eq!(destination_for(&args, "sim:v1").as_deref(), Some("sim:v1"));
         assert_eq!(
-            incompatible_for(&args, "sim").as_deref(),
+            spec_text(destination_for(&args, &spec("sim:v1"))).as_deref(),
+            Some("sim:v1")
+        );
+        assert_eq!(
+            spec_text(incompatible_for(&args, &spec("sim"))).as_deref(),
             Some("sim:type=sim-b")
         );
         assert_eq!(
-            incompatible_for(&args, "sim:v1,type=sim-b").as_deref(),
+            spec_text(incompatible_for(&args, &spec("sim:v1,type=sim-b"))).as_deref(),
             Some("sim:v1,type=sim-b,type=sim-a")
         );
-        assert_eq!(
-            sim_config("sim:v1,type=sim-b,type=sim-a").map(|c| c.device_type().to_string()),
-            Some("sim-a".into())
-        );
         assert!(deterministic(
-            "sim",
+            &spec("sim"),
             &Profile {
                 deterministic_stream: false
             }
         ));
         assert!(!deterministic(
-            "sim:deterministic=false",
+            &spec("sim:deterministic=false"),
             &Profile {
                 deterministic_stream: true
             }
         ));
-        assert_eq!(destination_for(&args, "0000:3b:00.1"), None);
-        assert_eq!(incompatible_for(&args, "0000:3b:00.1"), None);
+        assert_eq!(destination_for(&args, &spec("0000:3b:00.1")), None);
+        assert_eq!(incompatible_for(&args, &spec("0000:3b:00.1")), None);
         let args = parse_run(&["--destination", "0000:3b:00.2"]);
         assert_eq!(
-            destination_for(&args, "sim").as_deref(),
+            spec_text(destination_for(&args, &spec("sim"))).as_deref(),
             Some("0000:3b:00.2")
         );
     }
 
+    use clap::Parser;
+
     fn parse_run(extra: &[&str]) -> RunArgs {
-        use clap::Parser;
         let argv = ["vfio-migtest"].iter().chain(extra).copied();
         crate::cli::Cli::try_parse_from(argv).unwrap().run
     }
 
     #[test]
     fn devices_come_from_the_command_line_then_the_default() {
-        assert_eq!(device_specs(&parse_run(&[])).unwrap(), ["sim"]);
+        assert_eq!(device_specs(&parse_run(&[])).unwrap(), [spec("sim")]);
         let e = device_specs(&parse_run(&["--device", "sim", "--device", "sim"])).unwrap_err();
         assert!(e.downcast_ref::<Usage>().is_some(), "{e}");
-        let e = device_specs(&parse_run(&["--device", "eth0"])).unwrap_err();
-        assert!(e.to_string().contains("`eth0`"), "{e}");
+        let e = crate::cli::Cli::try_parse_from(["vfio-migtest", "--device", "eth0"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("device spec `eth0`"), "{e}");
+    }
+
+    #[test]
+    fn a_filter_that_selects_nothing_says_so() {
+        let names = ["fsm-every-arc".to_string(), "sim-v1::walk".to_string()];
+        assert!(check_filter("walk", false, &names).is_ok());
+        assert!(check_filter("fsm-every-arc", true, &names).is_ok());
+        let e = check_filter("fsm", true, &names).unwrap_err();
+        assert!(e.downcast_ref::<Usage>().is_some());
+        assert_eq!(
+            e.to_string(),
+            "no case matches the filter `fsm`; `vfio-migtest list` shows the cases"
+        );
+        let e = check_filter("prob", false, &names).unwrap_err().to_string();
+        assert!(
+            e.ends_with("did you mean the subcommand `vfio-migtest probe`?"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,19 +16,19 @@ use std::process::Command;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
 use suite::device::DeviceSpec;
 use suite::migrate::{self, fail, Fail, Failure, Job, Origin, Report, ResumeOptions, SaveSummary};
 use suite::savefile::{self, SaveHeader};
-use suite::scenario::{parse_size, Protocol};
+use suite::scenario::Protocol;
 
 use crate::case::{self, Harness};
+use crate::cli::{ResumeArgs, SaveArgs, Then};
+use crate::output::read_trimmed;
 use crate::output::temp_path;
 use crate::probe::NO_DEVICE_EXIT;
 use crate::protocol::ChildLine;
-use crate::run::{is_sim, read_trimmed};
+use crate::signals;
 use crate::supervise::{ChildProc, KillPolicy, Next, Termination};
-use crate::{signals, Usage};
 
 /// The driver rejected the stream, or the device failed or hung.
 const DRIVER_EXIT: i32 = 1;
@@ -38,63 +38,6 @@ const FILE_EXIT: i32 = 2;
 const GRACE: Duration = Duration::from_secs(2);
 /// How often the parent looks for a signal while it waits.
 const SIGNAL_CHECK: Duration = Duration::from_millis(200);
-
-#[derive(Debug, Clone, Args)]
-pub struct SaveArgs {
-    /// The source device: PCI address, mdev UUID, /dev/vfio/devices/vfioN,
-    /// `sim` or `sim:OPTIONS`.
-    #[arg(long, value_name = "SPEC")]
-    pub device: String,
-    /// The save file (written to a temporary file, then renamed).
-    #[arg(long, value_name = "FILE")]
-    pub file: PathBuf,
-    /// Size of each read() on the data fd.
-    #[arg(long, value_name = "SIZE", value_parser = parse_chunk, default_value = "1MiB")]
-    pub chunk: usize,
-    /// Deadline of the whole save.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub timeout: Duration,
-}
-
-/// The state to SET after a successful resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Then {
-    Running,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ResumeArgs {
-    /// The destination device.
-    #[arg(long, value_name = "SPEC")]
-    pub device: String,
-    /// A file written by `vfio-migtest save`.
-    #[arg(long, value_name = "FILE")]
-    pub file: PathBuf,
-    /// Size of each write() on the data fd (1 byte to 1GiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_chunk, default_value = "1MiB")]
-    pub chunk: usize,
-    /// Deadline of the whole resume.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "60s")]
-    pub timeout: Duration,
-    /// Resume even if the file was saved from another driver or device type.
-    #[arg(long)]
-    pub force: bool,
-    /// After the resume, SET this state (default: leave the device in STOP).
-    #[arg(long, value_enum, value_name = "STATE")]
-    pub then: Option<Then>,
-    /// After the resume, save the device again into FILE: for a
-    /// deterministic device its stream equals the one resumed.
-    #[arg(long, value_name = "FILE")]
-    pub resave: Option<PathBuf>,
-}
-
-fn parse_chunk(text: &str) -> Result<usize, String> {
-    let n = parse_size(text)?;
-    if !(1..=1 << 30).contains(&n) {
-        return Err(format!("{text}: a chunk is 1 byte to 1GiB"));
-    }
-    usize::try_from(n).map_err(|_| format!("{text}: too large"))
-}
 
 /// The exit code of a failed save or resume.
 fn exit_code(kind: Failure) -> i32 {
@@ -115,7 +58,7 @@ fn peak_rss_kib() -> Option<u64> {
 /// Runs a save or resume job on the device of `spec` in this (child)
 /// process, reporting each step as a line. Returns the exit status.
 fn child_run(
-    spec: &str,
+    spec: &DeviceSpec,
     timeout: Duration,
     work: impl FnOnce(&mut Job) -> Result<ChildLine, Fail>,
 ) -> i32 {
@@ -296,11 +239,6 @@ fn child_command(sub: &str) -> Result<Command> {
     Ok(cmd)
 }
 
-fn check_spec(spec: &str) -> Result<()> {
-    DeviceSpec::parse(spec).map_err(|e| Usage(e.to_string()))?;
-    Ok(())
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
@@ -339,7 +277,7 @@ fn or_unknown(s: &str) -> &str {
 }
 
 /// Prints what a child reported and turns it into the exit code.
-fn conclude(s: &Supervised, spec: &str, timeout: Duration, what: &str) -> i32 {
+fn conclude(s: &Supervised, spec: &DeviceSpec, timeout: Duration, what: &str) -> i32 {
     let mut code = None;
     for line in &s.lines {
         match line {
@@ -423,8 +361,8 @@ fn conclude(s: &Supervised, spec: &str, timeout: Duration, what: &str) -> i32 {
 
 /// After a child was killed: reset the device in a fresh child. A
 /// simulator lived in the killed process and needs none.
-fn reset_after_kill(spec: &str) {
-    if is_sim(spec) {
+fn reset_after_kill(spec: &DeviceSpec) {
+    if spec.is_sim() {
         return;
     }
     let h = Harness {
@@ -452,11 +390,10 @@ fn reset_after_kill(spec: &str) {
 
 /// `save`: returns the exit code.
 pub fn save(args: &SaveArgs) -> Result<i32> {
-    check_spec(&args.device)?;
     signals::install().context("cannot set up SIGINT/SIGTERM handling")?;
     let mut cmd = child_command("__save")?;
     cmd.arg("--device")
-        .arg(&args.device)
+        .arg(args.device.to_string())
         .arg("--file")
         .arg(&args.file)
         .arg("--chunk")
@@ -470,7 +407,6 @@ pub fn save(args: &SaveArgs) -> Result<i32> {
 /// `resume`: checks the file, then resumes it in a child; returns the exit
 /// code.
 pub fn resume(args: &ResumeArgs) -> Result<i32> {
-    check_spec(&args.device)?;
     // A damaged file is refused before any device is touched.
     let checked = open_save_file(&args.file).and_then(|(header, mut f)| {
         savefile::verify_stream(&mut f, &header, 1 << 20)
@@ -501,7 +437,7 @@ pub fn resume(args: &ResumeArgs) -> Result<i32> {
     signals::install().context("cannot set up SIGINT/SIGTERM handling")?;
     let mut cmd = child_command("__resume")?;
     cmd.arg("--device")
-        .arg(&args.device)
+        .arg(args.device.to_string())
         .arg("--file")
         .arg(&args.file)
         .arg("--chunk")
@@ -526,15 +462,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_are_one_byte_to_one_gib() {
-        assert_eq!(parse_chunk("13"), Ok(13));
-        assert_eq!(parse_chunk("1MiB"), Ok(1 << 20));
-        assert!(parse_chunk("0").is_err());
-        assert!(parse_chunk("2GiB").is_err());
-        assert!(parse_chunk("lots").is_err());
-    }
-
-    #[test]
     fn failures_map_to_the_documented_exit_codes() {
         assert_eq!(exit_code(Failure::Driver), 1);
         assert_eq!(exit_code(Failure::File), 2);
@@ -545,13 +472,14 @@ mod tests {
 
     #[test]
     fn a_stuck_child_is_reported_where_it_stopped() {
+        let sim = DeviceSpec::Sim(String::new());
         let s = Supervised {
             doing: Some("read() on the data fd after 0 bytes".into()),
             stopped: Some(Termination::Terminated),
             ..Supervised::default()
         };
         assert_eq!(
-            conclude(&s, "sim", Duration::from_secs(1), "save"),
+            conclude(&s, &sim, Duration::from_secs(1), "save"),
             DRIVER_EXIT
         );
         let s = Supervised {
@@ -562,7 +490,7 @@ mod tests {
             ..Supervised::default()
         };
         assert_eq!(
-            conclude(&s, "sim", Duration::from_secs(1), "resume"),
+            conclude(&s, &sim, Duration::from_secs(1), "resume"),
             FILE_EXIT
         );
         let s = Supervised {
@@ -570,7 +498,7 @@ mod tests {
             ..Supervised::default()
         };
         assert_eq!(
-            conclude(&s, "sim", Duration::from_secs(1), "save"),
+            conclude(&s, &sim, Duration::from_secs(1), "save"),
             DRIVER_EXIT
         );
     }

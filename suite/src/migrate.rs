@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{self, DataFd, Device, DeviceExt};
+use crate::device::{DataFd, Device, DeviceExt, DeviceSpec};
 use crate::exec::datafd::{self, End, WriteEnd};
 use crate::exec::{self, nanos};
 use crate::savefile::{SaveHeader, Xxh64};
@@ -496,13 +496,15 @@ pub type Failed = (Fail, Option<Result<(), String>>);
 /// Opens the device of `spec` and runs `work` on it until `deadline`; a
 /// failure after the device left its state resets it.
 pub fn run<T>(
-    spec: &str,
+    spec: &DeviceSpec,
     deadline: Instant,
     origin: Origin,
     report: &mut dyn FnMut(Report),
     work: impl FnOnce(&mut Job) -> Result<T, Fail>,
 ) -> Result<T, Failed> {
-    let mut dev = device::open(spec).map_err(|e| (fail(Failure::Open, e.to_string()), None))?;
+    let mut dev = spec
+        .open()
+        .map_err(|e| (fail(Failure::Open, e.to_string()), None))?;
     let mut job = Job {
         dev: dev.as_mut(),
         deadline,

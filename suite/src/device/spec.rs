@@ -2,13 +2,17 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
+use std::str::FromStr;
 
+use super::sim::SimConfig;
 use super::{kernel, sim, Device};
 use crate::uapi::Errno;
 
 /// `0000:3b:00.1` (PCI), an mdev UUID, `/dev/vfio/devices/vfio3`, `sim`,
 /// `sim:OPTIONS`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Display` is the canonical spelling, which parses back to the same
+/// spec (how a case process is told its devices).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DeviceSpec {
     Pci(String),
     Mdev(String),
@@ -51,6 +55,54 @@ impl DeviceSpec {
     pub fn is_sim(&self) -> bool {
         matches!(self, DeviceSpec::Sim(_))
     }
+
+    /// The simulator options of a `sim` spec, when they parse.
+    pub fn sim_config(&self) -> Option<SimConfig> {
+        match self {
+            DeviceSpec::Sim(options) => SimConfig::parse(options).ok(),
+            _ => None,
+        }
+    }
+
+    /// For a simulator, the same simulator with another `type=` (the last
+    /// `type=` wins): a device whose streams this one must refuse.
+    pub fn incompatible_sim(&self) -> Option<DeviceSpec> {
+        let DeviceSpec::Sim(options) = self else {
+            return None;
+        };
+        let other = match self.sim_config() {
+            Some(c) if c.device_type() == "sim-b" => "sim-a",
+            _ => "sim-b",
+        };
+        Some(DeviceSpec::Sim(if options.is_empty() {
+            format!("type={other}")
+        } else {
+            format!("{options},type={other}")
+        }))
+    }
+
+    /// Opens the device for testing.
+    pub fn open(&self) -> Result<Box<dyn Device>, OpenError> {
+        let name = self.to_string();
+        match self {
+            DeviceSpec::Sim(options) => {
+                let config = SimConfig::parse(options).map_err(|reason| OpenError::BadSpec {
+                    spec: name.clone(),
+                    reason,
+                })?;
+                Ok(Box::new(sim::Simulator::new(&name, config)))
+            }
+            other => kernel::open(&name, other),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = OpenError;
+
+    fn from_str(spec: &str) -> Result<DeviceSpec, OpenError> {
+        DeviceSpec::parse(spec)
+    }
 }
 
 impl fmt::Display for DeviceSpec {
@@ -78,18 +130,9 @@ pub enum OpenError {
     },
 }
 
-/// Opens a device for testing.
+/// Opens the device a spec names, as [`DeviceSpec::open`].
 pub fn open(spec: &str) -> Result<Box<dyn Device>, OpenError> {
-    match DeviceSpec::parse(spec)? {
-        DeviceSpec::Sim(options) => {
-            let config = sim::SimConfig::parse(&options).map_err(|reason| OpenError::BadSpec {
-                spec: spec.to_string(),
-                reason,
-            })?;
-            Ok(Box::new(sim::Simulator::new(spec, config)))
-        }
-        other => kernel::open(spec, &other),
-    }
+    DeviceSpec::parse(spec)?.open()
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -155,6 +198,44 @@ mod tests {
             DeviceSpec::parse("/dev/vfio/devices/vfio3").unwrap(),
             DeviceSpec::Cdev("/dev/vfio/devices/vfio3".into())
         );
+    }
+
+    #[test]
+    fn display_parses_back_to_the_same_spec() {
+        for text in [
+            "sim",
+            "sim:v1,fault=x",
+            "3b:00.1",
+            "83B8F4F2-509F-382F-3C1E-E6BFE0FA1001",
+            "/dev/vfio/devices/vfio3",
+        ] {
+            let spec: DeviceSpec = text.parse().unwrap();
+            assert_eq!(
+                spec.to_string().parse::<DeviceSpec>().unwrap(),
+                spec,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_simulator_has_an_incompatible_twin() {
+        let sim = |o: &str| DeviceSpec::Sim(o.into());
+        assert_eq!(sim("").incompatible_sim(), Some(sim("type=sim-b")));
+        assert_eq!(
+            sim("v1,type=sim-b").incompatible_sim(),
+            Some(sim("v1,type=sim-b,type=sim-a"))
+        );
+        let twin = sim("v1").incompatible_sim().unwrap();
+        assert_ne!(
+            twin.sim_config().unwrap().device_type(),
+            sim("v1").sim_config().unwrap().device_type()
+        );
+        assert_eq!(
+            DeviceSpec::Pci("0000:3b:00.1".into()).incompatible_sim(),
+            None
+        );
+        assert_eq!(sim("fault=no-such-fault").sim_config().map(|_| ()), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::sysfs::{self, Bus, Paths, SysfsDevice};
+use crate::device::DeviceSpec;
 
 /// One VFIO device as sysfs describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,11 +32,15 @@ pub struct Discovered {
 }
 
 impl Discovered {
-    /// What to pass as `--device`: the BDF or UUID, else the cdev.
-    pub fn spec(&self) -> String {
+    /// What to pass as `--device`: the BDF or UUID, else the cdev (a
+    /// device on another bus without one is named by itself, and opening it
+    /// fails naming it).
+    pub fn spec(&self) -> DeviceSpec {
         match (self.bus, &self.cdev) {
-            (Bus::Other, Some(cdev)) => cdev.clone(),
-            _ => self.name.clone(),
+            (Bus::Pci, _) => DeviceSpec::Pci(self.name.clone()),
+            (Bus::Mdev, _) => DeviceSpec::Mdev(self.name.clone()),
+            (Bus::Other, Some(cdev)) => DeviceSpec::Cdev(cdev.clone()),
+            (Bus::Other, None) => DeviceSpec::Cdev(self.name.clone()),
         }
     }
 
@@ -192,7 +197,7 @@ mod tests {
             )
         );
         assert_eq!(mlx.pci_id.as_deref(), Some("15b3:101e"));
-        assert_eq!(mlx.spec(), "0000:3b:00.1");
+        assert_eq!(mlx.spec().to_string(), "0000:3b:00.1");
 
         let shared = &found[1];
         assert!(!shared.group_viable);
@@ -205,7 +210,7 @@ mod tests {
         assert_eq!(mdev.bus, Bus::Mdev);
         assert_eq!(mdev.mdev_type.as_deref(), Some("mtty-2"));
         assert!(mdev.group_viable);
-        assert_eq!(mdev.spec(), UUID);
+        assert_eq!(mdev.spec().to_string(), UUID);
     }
 
     #[test]
@@ -219,7 +224,7 @@ mod tests {
         assert_eq!(found[0].bus, Bus::Other);
         assert_eq!(found[0].name, "fff51000.ethernet");
         assert_eq!(
-            found[0].spec(),
+            found[0].spec().to_string(),
             tree.paths
                 .dev
                 .join("vfio/devices/vfio2")
