@@ -284,12 +284,7 @@ pub trait DeviceExt: Device {
                 argsz = info.argsz;
                 continue;
             }
-            let caps = if info.flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
-                parse_caps(&buf, info.cap_offset)?
-            } else {
-                Vec::new()
-            };
-            return Ok(RegionInfo { info, caps });
+            return RegionInfo::parse(&buf);
         }
         Err(Errno::EPROTO)
     }
@@ -315,9 +310,7 @@ pub trait DeviceExt: Device {
                 Err(Errno::EINVAL) => continue,
                 Err(e) => return Err(e),
             };
-            if region.type_cap()
-                == Some((VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_SUBTYPE_MIGRATION))
-            {
+            if region.is_v1_migration() {
                 return Ok(Some(region));
             }
         }
@@ -346,6 +339,48 @@ pub struct RegionInfo {
 }
 
 impl RegionInfo {
+    /// The struct and its capability chain as the driver filled `buf`.
+    pub fn parse(buf: &[u8]) -> Result<RegionInfo, Errno> {
+        let info = VfioRegionInfo::from_bytes(buf);
+        let caps = if info.flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
+            parse_caps(buf, info.cap_offset)?
+        } else {
+            Vec::new()
+        };
+        Ok(RegionInfo { info, caps })
+    }
+
+    /// Whether this is the v1 migration region (type 3 / subtype 1).
+    pub fn is_v1_migration(&self) -> bool {
+        self.type_cap() == Some((VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_SUBTYPE_MIGRATION))
+    }
+
+    /// The (offset, size) pairs of `VFIO_REGION_INFO_CAP_SPARSE_MMAP`,
+    /// relative to the region, when the region says it can be mmapped
+    /// (`VFIO_REGION_INFO_FLAG_MMAP`); a truncated list is cut where it
+    /// ends.
+    pub fn sparse_mmap_areas(&self) -> Vec<(u64, u64)> {
+        if self.info.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+            return Vec::new();
+        }
+        let Some(cap) = self
+            .caps
+            .iter()
+            .find(|c| c.id == VFIO_REGION_INFO_CAP_SPARSE_MMAP)
+        else {
+            return Vec::new();
+        };
+        if cap.body.len() < 8 {
+            return Vec::new();
+        }
+        let nr_areas = get_u32(&cap.body, 0) as usize;
+        cap.body[8..]
+            .chunks_exact(16)
+            .take(nr_areas)
+            .map(|a| (get_u64(a, 0), get_u64(a, 8)))
+            .collect()
+    }
+
     /// The (type, subtype) of `VFIO_REGION_INFO_CAP_TYPE`, if present.
     pub fn type_cap(&self) -> Option<(u32, u32)> {
         self.caps

@@ -13,7 +13,8 @@ use crate::uapi::*;
 
 use super::arg::{self, FeatureCall};
 use super::data::DataPath;
-use super::sys::{Pointee, Sys};
+use super::sys::{Mapping, Pointee, Sys};
+use crate::device::RegionInfo;
 
 /// How the device fd was obtained, and what has to stay open for it.
 pub enum Reach<S: Sys> {
@@ -36,13 +37,35 @@ pub enum Reach<S: Sys> {
 
 /// A VFIO device opened through real (or, in tests, doubled) fds.
 pub struct KernelDevice<S: Sys> {
-    // Field order is drop order: data fds, the device, then what reached
-    // it (group, then container; or the iommufd).
+    // Field order is drop order: data fds, mappings, the device, then what
+    // reached it (group, then container; or the iommufd).
     data: DataPath<S>,
+    areas: Vec<MmapArea<S>>,
     device: Option<S::Fd>,
     reach: Reach<S>,
     desc: DeviceDescription,
     sys: S,
+}
+
+/// A sparse-mmap area of the v1 migration region, as region info offered
+/// it: accesses inside it go through a mapping (made at the first one)
+/// instead of pread/pwrite, as QEMU's do.
+struct MmapArea<S: Sys> {
+    /// Device fd offset of its first byte.
+    start: u64,
+    len: u64,
+    map: Option<S::Map>,
+}
+
+impl<S: Sys> MmapArea<S> {
+    /// The offset inside the area of an access of `n` bytes at `offset`,
+    /// if it lies wholly inside.
+    fn index(&self, offset: u64, n: usize) -> Option<usize> {
+        let end = offset.checked_add(n as u64)?;
+        (offset >= self.start && end <= self.start + self.len)
+            .then(|| usize::try_from(offset - self.start).ok())
+            .flatten()
+    }
 }
 
 /// The step of attaching a cdev that failed.
@@ -108,6 +131,7 @@ impl<S: Sys> KernelDevice<S> {
     pub fn new(sys: S, desc: DeviceDescription, reach: Reach<S>, device: S::Fd) -> KernelDevice<S> {
         KernelDevice {
             data: DataPath::new(sys.clone()),
+            areas: Vec::new(),
             device: Some(device),
             reach,
             desc,
@@ -118,6 +142,49 @@ impl<S: Sys> KernelDevice<S> {
     /// The device fd; EBADF after [`Device::close_device`].
     fn device(&self) -> Result<&S::Fd, Errno> {
         self.device.as_ref().ok_or(Errno::EBADF)
+    }
+
+    /// Remembers the sparse-mmap areas of a v1 migration region whose info
+    /// the driver just returned in `buf`.
+    fn offer_areas(&mut self, buf: &[u8]) {
+        if buf.len() < VfioRegionInfo::SIZE {
+            return;
+        }
+        let Ok(region) = RegionInfo::parse(buf) else {
+            return;
+        };
+        if !region.is_v1_migration() {
+            return;
+        }
+        for (offset, len) in region.sparse_mmap_areas() {
+            let Some(start) = region.info.offset.checked_add(offset) else {
+                continue;
+            };
+            if len > 0 && !self.areas.iter().any(|a| a.start == start && a.len == len) {
+                self.areas.push(MmapArea {
+                    start,
+                    len,
+                    map: None,
+                });
+            }
+        }
+    }
+
+    /// The mapped area an access of `n` bytes at `offset` falls in, and the
+    /// offset inside it; mapping the area on first use. A driver that
+    /// offers an area and then refuses to map it answers with its errno.
+    fn mapped(&mut self, offset: u64, n: usize) -> Result<Option<(&mut S::Map, usize)>, Errno> {
+        let Some(i) = self.areas.iter().position(|a| a.index(offset, n).is_some()) else {
+            return Ok(None);
+        };
+        let device = self.device.as_ref().ok_or(Errno::EBADF)?;
+        let area = &mut self.areas[i];
+        let at = area.index(offset, n).expect("found above");
+        if area.map.is_none() {
+            let len = usize::try_from(area.len).map_err(|_| Errno::ENOMEM)?;
+            area.map = Some(self.sys.mmap(device, area.start, len)?);
+        }
+        Ok(area.map.as_mut().map(|m| (m, at)))
     }
 
     /// Whether `raw` is an fd this device already owns.
@@ -184,15 +251,24 @@ impl<S: Sys> Device for KernelDevice<S> {
         arg::with_room(buf, need, |b| {
             self.sys
                 .ioctl(device, VFIO_DEVICE_GET_REGION_INFO, b, Pointee::None)
-        })?
-        .map(drop)
+        })??;
+        self.offer_areas(buf);
+        Ok(())
     }
 
     fn region_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        if let Some((map, at)) = self.mapped(offset, buf.len())? {
+            map.read_at(at, buf)?;
+            return Ok(buf.len());
+        }
         self.sys.pread(self.device()?, buf, offset)
     }
 
     fn region_write(&mut self, offset: u64, buf: &[u8]) -> Result<usize, Errno> {
+        if let Some((map, at)) = self.mapped(offset, buf.len())? {
+            map.write_at(at, buf)?;
+            return Ok(buf.len());
+        }
         self.sys.pwrite(self.device()?, buf, offset)
     }
 
@@ -235,10 +311,13 @@ impl<S: Sys> Device for KernelDevice<S> {
 
     fn close_device(&mut self) -> Result<(), Errno> {
         let device = self.device.take().ok_or(Errno::EBADF)?;
+        // A new open may back its areas anew; they are offered again.
+        self.areas.clear();
         self.sys.close(device)
     }
 
     fn reopen(&mut self) -> Result<(), Errno> {
+        self.areas.clear();
         if let Some(device) = self.device.take() {
             self.sys.close(device)?;
         }
@@ -258,7 +337,7 @@ impl<S: Sys> Device for KernelDevice<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::kernel::fake::{FakeSys, FdKind, Lab, BDF};
+    use crate::device::kernel::fake::{FakeSys, FdKind, Lab, BDF, V1_AREA};
     use crate::device::DeviceExt;
 
     fn opened() -> (Lab, KernelDevice<FakeSys>) {
@@ -450,6 +529,78 @@ mod tests {
         dev.device_info_raw(&mut info).unwrap();
         assert_eq!(lab.sys.last_arg_len(), VfioDeviceInfo::SIZE);
         assert_eq!(dev.device_info().unwrap().num_regions, 2);
+    }
+
+    fn pread_calls(lab: &Lab) -> usize {
+        lab.sys
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("pread") || c.starts_with("pwrite"))
+            .count()
+    }
+
+    #[test]
+    fn the_v1_data_area_goes_through_mmap_when_offered() {
+        let (lab, mut dev) = opened();
+        let region = dev.find_migration_region().unwrap().unwrap();
+        assert_eq!(region.sparse_mmap_areas(), [(4096, 4096)]);
+        lab.sys.kernel().devices.get_mut(BDF).unwrap().area[..4].copy_from_slice(b"v1v1");
+        let before = pread_calls(&lab);
+        let mut buf = [0u8; 4];
+        assert_eq!(dev.region_read(V1_AREA, &mut buf), Ok(4));
+        assert_eq!(&buf, b"v1v1");
+        // Odd offsets and lengths inside the area, reads and writes.
+        assert_eq!(dev.region_write(V1_AREA + 4093, b"xyz"), Ok(3));
+        assert_eq!(dev.region_read(V1_AREA + 4094, &mut buf[..2]), Ok(2));
+        assert_eq!(&buf[..2], b"yz");
+        assert_eq!(pread_calls(&lab), before, "no pread/pwrite inside the area");
+        let maps = |lab: &Lab| {
+            lab.sys
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("mmap"))
+                .count()
+        };
+        assert_eq!(maps(&lab), 1, "mapped once, at first use");
+        // The header, and an access reaching past the area, use pread.
+        assert_eq!(dev.region_read(1 << 40, &mut buf), Ok(4));
+        assert_eq!(dev.region_read(V1_AREA + 4094, &mut buf), Ok(4));
+        assert_eq!(pread_calls(&lab), before + 2);
+        // After a reopen, nothing is mapped until the region is asked again.
+        dev.reopen().unwrap();
+        assert_eq!(dev.region_read(V1_AREA, &mut buf), Ok(4));
+        assert_eq!(&buf, b"v1v1");
+        assert_eq!(maps(&lab), 1);
+        dev.find_migration_region().unwrap();
+        assert_eq!(dev.region_read(V1_AREA + 4093, &mut buf[..3]), Ok(3));
+        assert_eq!(&buf[..3], b"xyz");
+        assert_eq!(maps(&lab), 2);
+    }
+
+    #[test]
+    fn the_v1_data_area_goes_through_pread_without_mmap() {
+        let (lab, mut dev) = opened();
+        lab.sys.kernel().devices.get_mut(BDF).unwrap().mmap_offered = false;
+        let region = dev.find_migration_region().unwrap().unwrap();
+        assert!(region.sparse_mmap_areas().is_empty());
+        let before = pread_calls(&lab);
+        assert_eq!(dev.region_write(V1_AREA + 1, b"ab"), Ok(2));
+        let mut buf = [0u8; 3];
+        assert_eq!(dev.region_read(V1_AREA, &mut buf), Ok(3));
+        assert_eq!(&buf, b"\0ab");
+        assert_eq!(pread_calls(&lab), before + 2);
+        assert!(!lab.sys.calls().iter().any(|c| c.starts_with("mmap")));
+    }
+
+    #[test]
+    fn an_offered_area_the_driver_will_not_map_fails_the_access() {
+        let (lab, mut dev) = opened();
+        dev.find_migration_region().unwrap();
+        // Offered when asked, refused when mapped.
+        lab.sys.kernel().devices.get_mut(BDF).unwrap().mmap_offered = false;
+        assert_eq!(dev.region_read(V1_AREA, &mut [0u8; 8]), Err(Errno::EINVAL));
+        // A plain region's accesses are untouched.
+        assert_eq!(dev.region_read(0x20, &mut [0u8; 8]), Ok(8));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::uapi::*;
 
 use super::device::KernelDevice;
 use super::open::open_device;
-use super::sys::{Pointee, Sys};
+use super::sys::{Mapping, Pointee, Sys};
 use super::sysfs::Paths;
 use crate::device::spec::{DeviceSpec, OpenError};
 
@@ -74,7 +74,9 @@ pub struct FakeGroup {
 }
 
 /// A device of the double: a migration driver with STOP_COPY, P2P and
-/// PRE_COPY, two regions (region 1 with a type capability) and DMA logging.
+/// PRE_COPY, two regions and DMA logging. Region 1 is a v1 migration region
+/// (type capability 3/1) of [`V1_REGION_SIZE`] bytes whose data area (the
+/// second page) is offered by sparse mmap when `mmap_offered`.
 #[derive(Debug)]
 pub struct FakeDevice {
     pub state: u32,
@@ -86,7 +88,16 @@ pub struct FakeDevice {
     /// Bytes written through pwrite on the device fd.
     pub region_writes: Vec<(u64, Vec<u8>)>,
     pub opens: u32,
+    pub mmap_offered: bool,
+    /// The data area of region 1, seen by pread/pwrite and mappings alike.
+    pub area: Vec<u8>,
 }
+
+/// Region 1 of a device of the double: a header page and a data area page.
+pub const V1_REGION_SIZE: u64 = 8192;
+/// Device fd offset of region 1's data area.
+pub const V1_AREA: u64 = (1 << 40) + 4096;
+const V1_AREA_LEN: usize = 4096;
 
 /// One VFIO_DEVICE_FEATURE as the double received it.
 #[derive(Debug, Clone)]
@@ -190,6 +201,8 @@ impl FakeSys {
                     logged_ranges: Vec::new(),
                     region_writes: Vec::new(),
                     opens: 0,
+                    mmap_offered: true,
+                    area: vec![0; V1_AREA_LEN],
                 },
             );
         }
@@ -487,7 +500,10 @@ impl Kernel {
                 put_u32(arg, 12, 1);
                 Ok(0)
             }
-            VFIO_DEVICE_GET_REGION_INFO => Self::region_info(arg),
+            VFIO_DEVICE_GET_REGION_INFO => {
+                let mmap = self.device_mut(&name).mmap_offered;
+                Self::region_info(arg, mmap)
+            }
             _ => Err(Errno::ENOTTY),
         }
     }
@@ -519,9 +535,11 @@ impl Kernel {
         Ok(0)
     }
 
-    /// Region 0: plain. Region 1: a type capability (3/1) the caller gets
-    /// only with argsz >= 48; with less, argsz is raised and cap_offset is 0.
-    fn region_info(arg: &mut [u8]) -> Result<i32, Errno> {
+    /// Region 0: plain. Region 1: a type capability (3/1) and, with `mmap`,
+    /// a sparse-mmap capability for its data area, the caller gets only
+    /// with argsz >= 48 (80 with `mmap`); with less, argsz is raised and
+    /// cap_offset is 0.
+    fn region_info(arg: &mut [u8], mmap: bool) -> Result<i32, Errno> {
         let argsz = get_u32(arg, 0);
         assert!(
             arg.len() >= (argsz as usize).max(32),
@@ -542,9 +560,15 @@ impl Kernel {
             VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
         );
         if index == 1 {
-            put_u32(arg, 4, get_u32(arg, 4) | VFIO_REGION_INFO_FLAG_CAPS);
-            if argsz < 48 {
-                put_u32(arg, 0, 48);
+            put_u64(arg, 16, V1_REGION_SIZE);
+            let mut flags = get_u32(arg, 4) | VFIO_REGION_INFO_FLAG_CAPS;
+            if mmap {
+                flags |= VFIO_REGION_INFO_FLAG_MMAP;
+            }
+            put_u32(arg, 4, flags);
+            let need = if mmap { 80 } else { 48 };
+            if argsz < need {
+                put_u32(arg, 0, need);
                 put_u32(arg, 12, 0);
             } else {
                 put_u32(arg, 12, 32);
@@ -554,12 +578,26 @@ impl Kernel {
                     &VfioRegionInfoCapType {
                         id: VFIO_REGION_INFO_CAP_TYPE,
                         version: 1,
-                        next: 0,
+                        next: if mmap { 48 } else { 0 },
                         region_type: VFIO_REGION_TYPE_MIGRATION,
                         subtype: VFIO_REGION_SUBTYPE_MIGRATION,
                     }
                     .to_bytes(),
                 );
+                if mmap {
+                    // vfio_region_info_cap_sparse_mmap: header, nr_areas,
+                    // reserved, one area (offset, size).
+                    put_u32(
+                        arg,
+                        48,
+                        u32::from(VFIO_REGION_INFO_CAP_SPARSE_MMAP) | 1 << 16,
+                    );
+                    put_u32(arg, 52, 0);
+                    put_u32(arg, 56, 1);
+                    put_u32(arg, 60, 0);
+                    put_u64(arg, 64, 4096);
+                    put_u64(arg, 72, V1_AREA_LEN as u64);
+                }
             }
         }
         Ok(0)
@@ -741,8 +779,68 @@ impl Kernel {
     }
 }
 
+/// The part of a device's data area an access of `n` bytes at `offset`
+/// covers, if it lies inside.
+fn area_range(offset: u64, n: usize) -> Option<std::ops::Range<usize>> {
+    let at = usize::try_from(offset.checked_sub(V1_AREA)?).ok()?;
+    (at + n <= V1_AREA_LEN).then_some(at..at + n)
+}
+
+/// A mapping of a device's data area: memory accesses, no system calls.
+#[derive(Debug)]
+pub struct FakeMap {
+    kernel: Arc<Mutex<Kernel>>,
+    device: String,
+    at: usize,
+    len: usize,
+}
+
+impl FakeMap {
+    fn range(&self, at: usize, n: usize) -> Result<std::ops::Range<usize>, Errno> {
+        match at.checked_add(n) {
+            Some(end) if end <= self.len => Ok(self.at + at..self.at + end),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
+
+impl Mapping for FakeMap {
+    fn read_at(&self, at: usize, buf: &mut [u8]) -> Result<(), Errno> {
+        let r = self.range(at, buf.len())?;
+        buf.copy_from_slice(&lock(&self.kernel).device_mut(&self.device).area[r]);
+        Ok(())
+    }
+
+    fn write_at(&mut self, at: usize, buf: &[u8]) -> Result<(), Errno> {
+        let r = self.range(at, buf.len())?;
+        lock(&self.kernel).device_mut(&self.device).area[r].copy_from_slice(buf);
+        Ok(())
+    }
+}
+
 impl Sys for FakeSys {
     type Fd = FakeFd;
+    type Map = FakeMap;
+
+    /// Only the data area of an mmap-offering device maps (whole or in part).
+    fn mmap(&self, fd: &FakeFd, offset: u64, len: usize) -> Result<FakeMap, Errno> {
+        let mut k = self.kernel();
+        k.calls.push(format!("mmap {} {offset:#x} {len}", fd.raw));
+        let Some(File::Device { usable: true, name }) = k.files.get(&fd.raw) else {
+            return Err(Errno::EBADF);
+        };
+        let device = name.clone();
+        let range = area_range(offset, len).filter(|r| !r.is_empty());
+        match range {
+            Some(r) if k.device_mut(&device).mmap_offered => Ok(FakeMap {
+                kernel: self.kernel.clone(),
+                device,
+                at: r.start,
+                len,
+            }),
+            _ => Err(Errno::EINVAL),
+        }
+    }
 
     fn open(&self, path: &Path, flags: OFlag) -> Result<FakeFd, Errno> {
         let raw = self.kernel().open(path, flags)?;
@@ -808,8 +906,12 @@ impl Sys for FakeSys {
         let mut k = self.kernel();
         k.calls.push(format!("pread {} {offset:#x}", fd.raw));
         match k.files.get(&fd.raw) {
-            Some(File::Device { usable: true, .. }) => {
-                buf.fill(0xab);
+            Some(File::Device { usable: true, name }) => {
+                let name = name.clone();
+                match area_range(offset, buf.len()) {
+                    Some(r) => buf.copy_from_slice(&k.device_mut(&name).area[r]),
+                    None => buf.fill(0xab),
+                }
                 Ok(buf.len())
             }
             Some(File::Data { .. }) => Err(Errno::ESPIPE),
@@ -827,9 +929,11 @@ impl Sys for FakeSys {
             Some(_) => return Err(Errno::EINVAL),
             None => return Err(Errno::EBADF),
         };
-        k.device_mut(&name)
-            .region_writes
-            .push((offset, buf.to_vec()));
+        let dev = k.device_mut(&name);
+        match area_range(offset, buf.len()) {
+            Some(r) => dev.area[r].copy_from_slice(buf),
+            None => dev.region_writes.push((offset, buf.to_vec())),
+        }
         Ok(buf.len())
     }
 

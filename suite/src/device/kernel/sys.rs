@@ -11,16 +11,21 @@
 //!   and the request's struct, see `arg.rs`), and any pointer embedded in
 //!   it points into the [`Pointee`] passed along with it;
 //! - [`Sys::adopt`] gets only fd numbers the kernel has just installed for
-//!   this process and that nothing owns yet.
+//!   this process and that nothing owns yet;
+//! - a [`Mapping`] is read and written only inside its length (checked
+//!   here too, so a wrong caller gets EINVAL, not a fault).
 
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag};
 use nix::libc;
 use nix::poll::PollFlags;
+use nix::sys::mman::{MapFlags, ProtFlags};
 use nix::sys::stat::Mode;
 
 /// Memory that an ioctl argument points at: the kernel follows the pointer
@@ -46,11 +51,21 @@ impl Pointee<'_> {
     }
 }
 
+/// A shared mapping of part of a device fd (a sparse-mmap area of a
+/// region); dropping it unmaps it.
+pub trait Mapping: Send {
+    /// Copies `buf.len()` bytes from offset `at` of the mapping.
+    fn read_at(&self, at: usize, buf: &mut [u8]) -> Result<(), Errno>;
+    /// Copies `buf` to offset `at` of the mapping.
+    fn write_at(&mut self, at: usize, buf: &[u8]) -> Result<(), Errno>;
+}
+
 /// The system calls the backend makes. Each method is one call and returns
 /// the errno unchanged.
 pub trait Sys: Send + Clone {
     /// An open fd; dropping it closes the fd.
     type Fd: AsRawFd + Send;
+    type Map: Mapping;
 
     fn open(&self, path: &Path, flags: OFlag) -> Result<Self::Fd, Errno>;
 
@@ -85,6 +100,71 @@ pub trait Sys: Send + Clone {
 
     /// Whether FD_CLOEXEC is set (`fcntl(F_GETFD)`).
     fn cloexec(&self, fd: &Self::Fd) -> Result<bool, Errno>;
+
+    /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset)`.
+    fn mmap(&self, fd: &Self::Fd, offset: u64, len: usize) -> Result<Self::Map, Errno>;
+}
+
+/// A mapping made by [`RealSys::mmap`].
+#[derive(Debug)]
+pub struct RealMap {
+    addr: NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value alone (no
+// thread-local state); moving it to another thread moves that ownership.
+unsafe impl Send for RealMap {}
+
+impl RealMap {
+    /// Whether `[at, at + n)` lies inside the mapping.
+    fn check(&self, at: usize, n: usize) -> Result<(), Errno> {
+        match at.checked_add(n) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
+
+impl Mapping for RealMap {
+    fn read_at(&self, at: usize, buf: &mut [u8]) -> Result<(), Errno> {
+        self.check(at, buf.len())?;
+        // SAFETY: `[at, at + buf.len())` is inside the live mapping (checked
+        // above), which is readable (PROT_READ) and cannot alias `buf`, a
+        // Rust-owned buffer. The driver changes the memory only while it
+        // serves a system call of ours, and this thread makes none now.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.addr.as_ptr().cast::<u8>().add(at),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, at: usize, buf: &[u8]) -> Result<(), Errno> {
+        self.check(at, buf.len())?;
+        // SAFETY: as in `read_at`; the mapping is writable (PROT_WRITE) and
+        // borrowed exclusively.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                buf.as_ptr(),
+                self.addr.as_ptr().cast::<u8>().add(at),
+                buf.len(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RealMap {
+    fn drop(&mut self) {
+        // SAFETY: `addr` and `len` are exactly what mmap returned and asked
+        // for, and nothing refers to the mapping after its owner is gone.
+        // munmap of a valid mapping does not fail; there is no one to tell.
+        let _ = unsafe { nix::sys::mman::munmap(self.addr, self.len) };
+    }
 }
 
 /// The real system calls.
@@ -93,6 +173,7 @@ pub struct RealSys;
 
 impl Sys for RealSys {
     type Fd = OwnedFd;
+    type Map = RealMap;
 
     fn open(&self, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
         nix::fcntl::open(path, flags, Mode::empty())
@@ -177,6 +258,24 @@ impl Sys for RealSys {
     fn cloexec(&self, fd: &OwnedFd) -> Result<bool, Errno> {
         let flags = nix::fcntl::fcntl(fd, FcntlArg::F_GETFD)?;
         Ok(FdFlag::from_bits_retain(flags).contains(FdFlag::FD_CLOEXEC))
+    }
+
+    fn mmap(&self, fd: &OwnedFd, offset: u64, len: usize) -> Result<RealMap, Errno> {
+        let length = NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+        // SAFETY: a new shared mapping at an address the kernel picks
+        // (addr None) replaces nothing of ours; the fd is borrowed for the
+        // call. The result is owned by the RealMap, which unmaps it once.
+        let addr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                file_offset(offset)?,
+            )
+        }?;
+        Ok(RealMap { addr, len })
     }
 }
 
@@ -272,6 +371,28 @@ mod tests {
         let again = sys.adopt(raw).unwrap();
         assert_eq!(again.as_raw_fd(), raw);
         assert_eq!(sys.close(again), Ok(()));
+    }
+
+    #[test]
+    fn a_file_mapping_reads_and_writes_the_file_within_bounds() {
+        let sys = RealSys;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, [7u8; 8192]).unwrap();
+        let fd = sys.open(&path, OFlag::O_RDWR).unwrap();
+        assert_eq!(sys.mmap(&fd, 0, 0).err(), Some(Errno::EINVAL));
+        assert_eq!(sys.mmap(&fd, 1, 4096).err(), Some(Errno::EINVAL));
+        let mut map = sys.mmap(&fd, 4096, 4096).unwrap();
+        let mut buf = [0u8; 4];
+        map.read_at(4092, &mut buf).unwrap();
+        assert_eq!(buf, [7; 4]);
+        map.write_at(10, b"abc").unwrap();
+        assert_eq!(map.read_at(4093, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(map.write_at(usize::MAX, b"a"), Err(Errno::EINVAL));
+        drop(map);
+        let mut back = [0u8; 3];
+        assert_eq!(sys.pread(&fd, &mut back, 4096 + 10).unwrap(), 3);
+        assert_eq!(&back, b"abc");
     }
 
     #[test]
