@@ -73,10 +73,34 @@ pub struct ProbedDevice {
 }
 
 /// The v1 migration region (type 3 / subtype 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct V1Region {
     pub index: u32,
     pub size: u64,
+    /// Sparse-mmap areas of the region: (offset, size). Empty: the data
+    /// area is reached by read/write only.
+    #[serde(default)]
+    pub mmap_areas: Vec<(u64, u64)>,
+}
+
+impl V1Region {
+    /// A line saying where the region is and how its data area is reached.
+    fn describe(&self) -> String {
+        let access = if self.mmap_areas.is_empty() {
+            "read/write only".to_string()
+        } else {
+            let areas: Vec<String> = self
+                .mmap_areas
+                .iter()
+                .map(|(offset, size)| format!("{size} bytes at {offset}"))
+                .collect();
+            format!("sparse mmap of {}", areas.join(", "))
+        };
+        format!(
+            "v1 migration region: index {}, {} bytes; data area by {access}",
+            self.index, self.size
+        )
+    }
 }
 
 type Probed = Result<(suite::device::DeviceDescription, suite::exec::DeviceCaps), ProbeFailure>;
@@ -117,7 +141,11 @@ impl ProbedDevice {
                 let v2 = caps.migration_flags.is_some();
                 d.dma_logging = v2.then_some(caps.logging);
                 d.precopy_info_v2 = v2.then_some(caps.precopy_info_v2);
-                d.v1_region = caps.v1_region.map(|(index, size)| V1Region { index, size });
+                d.v1_region = caps.v1_region.map(|(index, size)| V1Region {
+                    index,
+                    size,
+                    mmap_areas: caps.v1_mmap_areas.clone(),
+                });
                 d.config_space_id = caps.pci_config_id.clone();
                 d.config_space_error = caps.pci_config_error.clone();
                 if let (Some(a), Some(b)) = (&d.config_space_id, &d.sysfs_id) {
@@ -326,6 +354,17 @@ fn table(devices: &[ProbedDevice]) -> String {
     let mut out = line(&header);
     for row in &rows {
         out += &line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let regions: Vec<String> = devices
+        .iter()
+        .filter_map(|d| Some(format!("{}: {}", d.spec, d.v1_region.as_ref()?.describe())))
+        .collect();
+    if !regions.is_empty() {
+        out.push('\n');
+        for line in regions {
+            out += &line;
+            out.push('\n');
+        }
     }
     let problems: Vec<String> = devices
         .iter()

@@ -18,6 +18,9 @@ pub struct DeviceCaps {
     pub migration_error: Option<String>,
     /// The v1 migration region: (index, size), when present.
     pub v1_region: Option<(u32, u64)>,
+    /// The v1 region's sparse-mmap areas (offset, size in the region).
+    #[serde(default)]
+    pub v1_mmap_areas: Vec<(u64, u64)>,
     /// DMA logging answers PROBE.
     pub logging: bool,
     pub stop_copy_length: Option<u64>,
@@ -75,6 +78,7 @@ pub fn probe_caps(dev: &mut dyn Device) -> DeviceCaps {
     }
     if let Ok(Some(region)) = dev.find_migration_region() {
         caps.v1_region = Some((region.info.index, region.info.size));
+        caps.v1_mmap_areas = region.sparse_mmap_areas();
     }
     if dev
         .device_info()
