@@ -9,6 +9,8 @@
 //! [`crate::savefile`].
 #![forbid(unsafe_code)]
 
+mod v1;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -197,11 +199,28 @@ impl Job<'_> {
         Ok(from.to_string())
     }
 
+    /// The device's v1 migration region when it has no migration v2
+    /// (then `None`); the v2 error when it has neither.
+    fn protocol(&mut self) -> Result<Option<v1::Region>, Fail> {
+        match self.migration_flags() {
+            Ok(_) => Ok(None),
+            Err(e) => self.v1_region().map(Some).ok_or(Fail {
+                message: format!("{} and has no v1 migration region", e.message),
+                ..e
+            }),
+        }
+    }
+
     /// Saves the device into `file` (atomically): STOP, STOP_COPY, the
-    /// stream to its end, STOP.
+    /// stream to its end, STOP; for a v1 device, stop-and-copy until
+    /// `pending_bytes` is 0, then _STOP.
     pub fn save(&mut self, file: &Path, chunk: usize) -> Result<SaveSummary, Fail> {
         let t0 = Instant::now();
-        let flags = self.migration_flags()?;
+        let v1 = self.protocol()?;
+        let flags = match v1 {
+            Some(_) => v1::V1_FILE_FLAGS,
+            None => self.migration_flags()?,
+        };
         let desc = self.dev.description().clone();
         let mut header = SaveHeader {
             tool_version: self.origin.tool_version.clone(),
@@ -229,26 +248,18 @@ impl Job<'_> {
                 .open(&temp)
                 .map_err(|e| file_err(&e))?;
             out.write_all(&placeholder).map_err(|e| file_err(&e))?;
-            let stop_copy_length = self.dev.stop_copy_length().ok();
-            let from_state = self.stop()?;
-            let fd = self.set(MigState::StopCopy)?;
-            if fd < 0 {
-                return Err(fail(
-                    Failure::Driver,
-                    "STOP -> STOP_COPY returned no data fd (data_fd = -1)",
-                ));
-            }
-            let read = self.read_stream(fd, chunk, &mut out, file);
-            let (bytes, checksum) = match read {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = self.dev.data_close(fd);
-                    return Err(e);
+            let (stop_copy_length, from_state, bytes, checksum) = match &v1 {
+                Some(region) => {
+                    let (from, bytes, checksum) = self.v1_save_stream(region, &mut out, file)?;
+                    (None, from, bytes, checksum)
+                }
+                None => {
+                    let stop_copy_length = self.dev.stop_copy_length().ok();
+                    let from_state = self.stop()?;
+                    let (bytes, checksum) = self.v2_save_stream(chunk, &mut out, file)?;
+                    (stop_copy_length, from_state, bytes, checksum)
                 }
             };
-            self.set(MigState::Stop)?;
-            // The session ended with the SET; a failing close changes nothing.
-            let _ = self.dev.data_close(fd);
             header.stream_len = bytes;
             header.stream_checksum = checksum;
             header.saved_at = SystemTime::now()
@@ -276,6 +287,35 @@ impl Job<'_> {
             let _ = std::fs::remove_file(&temp);
         }
         result
+    }
+
+    /// STOP_COPY, the data fd to its end into `out`, STOP; returns the
+    /// bytes and their checksum.
+    fn v2_save_stream(
+        &mut self,
+        chunk: usize,
+        out: &mut File,
+        file: &Path,
+    ) -> Result<(u64, u64), Fail> {
+        let fd = self.set(MigState::StopCopy)?;
+        if fd < 0 {
+            return Err(fail(
+                Failure::Driver,
+                "STOP -> STOP_COPY returned no data fd (data_fd = -1)",
+            ));
+        }
+        let read = self.read_stream(fd, chunk, out, file);
+        let (bytes, checksum) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.dev.data_close(fd);
+                return Err(e);
+            }
+        };
+        self.set(MigState::Stop)?;
+        // The session ended with the SET; a failing close changes nothing.
+        let _ = self.dev.data_close(fd);
+        Ok((bytes, checksum))
     }
 
     /// Reads the saving fd to end of stream into `out`; returns the bytes
@@ -346,7 +386,23 @@ impl Job<'_> {
         opts: &ResumeOptions,
     ) -> Result<ResumeSummary, Fail> {
         let t0 = Instant::now();
-        self.migration_flags()?;
+        let v1 = self.protocol()?;
+        let from_v1 = header.migration_flags == v1::V1_FILE_FLAGS;
+        if from_v1 != v1.is_some() {
+            let (file_kind, device_kind) = if from_v1 {
+                ("protocol v1", "migration v2")
+            } else {
+                ("migration v2", "protocol v1 only")
+            };
+            return Err(fail(
+                Failure::Refused,
+                format!(
+                    "{} was saved with {file_kind} and {} speaks {device_kind}",
+                    opts.file.display(),
+                    self.name()
+                ),
+            ));
+        }
         let desc = self.dev.description().clone();
         let differences = header.differences(desc.driver.as_deref(), desc.device_type.as_deref());
         if !differences.is_empty() {
@@ -362,6 +418,30 @@ impl Job<'_> {
                 ));
             }
             (self.report)(Report::Note(format!("resuming anyway (--force): {text}")));
+        }
+        if let Some(region) = &v1 {
+            let chunks = self.v1_resume_stream(
+                region,
+                input,
+                header.stream_len,
+                header.stream_checksum,
+                &opts.file,
+            )?;
+            let resaved = match &opts.resave {
+                Some(path) => Some(self.save(path, opts.chunk)?),
+                None => None,
+            };
+            if opts.then_running {
+                self.v1_run(region)?;
+            }
+            return Ok(ResumeSummary {
+                device: desc.name,
+                bytes: header.stream_len,
+                writes: chunks,
+                duration_ns: nanos(t0.elapsed()),
+                state: self.v1_state(region),
+                resaved,
+            });
         }
         self.stop()?;
         let fd = self.set(MigState::Resuming)?;
@@ -513,7 +593,14 @@ pub fn run<T>(
         report,
     };
     work(&mut job).map_err(|f| {
-        let restored = job.touched.then(|| exec::restore(job.dev, Protocol::V2));
+        let restored = job.touched.then(|| {
+            let protocol = if job.dev.migration_flags().is_ok() {
+                Protocol::V2
+            } else {
+                Protocol::V1
+            };
+            exec::restore(job.dev, protocol)
+        });
         (f, restored)
     })
 }
