@@ -207,7 +207,12 @@ struct v1mig_state {
 	u64 mmaps;
 };
 
-static struct device *v1mig_parent_dev;
+/*
+ * The parent device; its class names the mdev types ("v1mig-a"), as
+ * mdev_type_add() prefixes them with dev_driver_string().
+ */
+static const struct class v1mig_class = { .name = V1MIG_NAME };
+static struct device v1mig_parent_dev;
 static struct mdev_parent v1mig_parent;
 
 static bool freeze_at_pending(void)
@@ -1068,6 +1073,11 @@ static struct mdev_driver v1mig_driver = {
 	.remove = v1mig_remove,
 };
 
+/* Static, so nothing to free; the core wants a release all the same. */
+static void v1mig_parent_release(struct device *dev)
+{
+}
+
 static int __init v1mig_init(void)
 {
 	int ret;
@@ -1083,19 +1093,26 @@ static int __init v1mig_init(void)
 	ret = mdev_register_driver(&v1mig_driver);
 	if (ret)
 		return ret;
-	v1mig_parent_dev = root_device_register(V1MIG_NAME);
-	if (IS_ERR(v1mig_parent_dev)) {
-		ret = PTR_ERR(v1mig_parent_dev);
+	ret = class_register(&v1mig_class);
+	if (ret)
 		goto err_driver;
-	}
-	ret = mdev_register_parent(&v1mig_parent, v1mig_parent_dev, &v1mig_driver,
+	v1mig_parent_dev.class = &v1mig_class;
+	v1mig_parent_dev.release = v1mig_parent_release;
+	dev_set_name(&v1mig_parent_dev, V1MIG_NAME);
+	ret = device_register(&v1mig_parent_dev);
+	if (ret)
+		goto err_put;
+	ret = mdev_register_parent(&v1mig_parent, &v1mig_parent_dev, &v1mig_driver,
 				   v1mig_mdev_types, ARRAY_SIZE(v1mig_mdev_types));
 	if (ret)
 		goto err_device;
 	return 0;
 
 err_device:
-	root_device_unregister(v1mig_parent_dev);
+	device_del(&v1mig_parent_dev);
+err_put:
+	put_device(&v1mig_parent_dev);
+	class_unregister(&v1mig_class);
 err_driver:
 	mdev_unregister_driver(&v1mig_driver);
 	return ret;
@@ -1104,7 +1121,8 @@ err_driver:
 static void __exit v1mig_exit(void)
 {
 	mdev_unregister_parent(&v1mig_parent);
-	root_device_unregister(v1mig_parent_dev);
+	device_unregister(&v1mig_parent_dev);
+	class_unregister(&v1mig_class);
 	mdev_unregister_driver(&v1mig_driver);
 }
 
