@@ -25,7 +25,9 @@ vm:
 Runs vfio-migtest against real kernel drivers: builds the kernel's mtty
 sample driver for a Debian 6.12 kernel, boots that kernel in QEMU with three
 mtty mdevs and an emulated NIC bound to vfio-pci, runs the suite on them and
-copies the results back. Installs the packages it needs (run as root).
+copies the results back. The v1 lane then loads the v1 reference driver
+(xtask/drivers/v1mig) once per configuration and runs the v1 cases on its
+devices (results in DIR/v1/). Installs the packages it needs (run as root).
 
 options:
   --out DIR       results and console.log go here (default: target/vm/results)

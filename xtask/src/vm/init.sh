@@ -51,6 +51,7 @@ run_suite() {
     # chunks the header check (nr_ports) answers EFAULT.
     suite resume-forced vfio-migtest resume --device "$UUID_C" --file /results/mtty-2.vmsave \
         --force --chunk 24
+    v1_lane
 }
 
 # Whether two save files carry the same stream (their headers differ: the
@@ -166,6 +167,8 @@ send_results() {
         echo "$RESULTS_END"
     } >"$RESULTS_PORT"
 }
+
+. /v1.sh
 
 # Extra arguments from `cargo xtask vm -- ARGS`, one per line.
 set --

@@ -14,6 +14,7 @@ use super::packages::Kernel;
 use crate::cmd;
 
 const INIT: &str = include_str!("init.sh");
+const V1_LANE: &str = include_str!("v1.sh");
 
 /// Modules the guest needs besides mtty.ko (whose own dependencies are read
 /// from the built module). Their dependencies are added from modules.dep.
@@ -26,6 +27,8 @@ const GUEST_SUITE: &str = "usr/local/bin/vfio-migtest";
 pub struct Contents<'a> {
     pub kernel: &'a Kernel,
     pub mtty: &'a Path,
+    /// The v1 reference driver, loaded by the v1 lane (`v1.sh`) itself.
+    pub v1mig: &'a Path,
     pub suite: &'a Path,
     pub suite_args: &'a [String],
     /// The repository's `expectations/`, copied to `/expectations`.
@@ -42,7 +45,10 @@ pub fn build(contents: &Contents, root: &Path, image: &Path) -> Result<()> {
     install_modules(contents.kernel, contents.mtty, &root.join("modules"))?;
     install_program(contents.suite, root)?;
     install_executable(INIT, &root.join("init"))?;
+    fs::write(root.join("v1.sh"), V1_LANE)?;
+    install_file(contents.v1mig, &root.join("drivers/v1mig.ko"))?;
     fs::create_dir_all(root.join("etc"))?;
+    fs::write(root.join("etc/v1-configs"), super::v1mig::configs_file())?;
     fs::write(
         root.join("etc/suite-args"),
         suite_args_file(contents.suite_args)?,

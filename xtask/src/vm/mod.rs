@@ -4,7 +4,7 @@
 //!
 //! Layout under the target directory:
 //! - `vm/cache/`: the kernel source .deb, extracted mtty.c, built mtty.ko
-//!   (`mtty-<hash>/`), kept across runs;
+//!   (`mtty-<hash>/`) and v1mig.ko (`v1mig-<hash>/`), kept across runs;
 //! - `vm/work/`: the guest tree, initramfs and raw serial capture of this
 //!   run, deleted at the end unless `--keep`;
 //! - `vm/results/`: the default `--out`.
@@ -14,6 +14,7 @@ mod mtty;
 mod packages;
 mod qemu;
 mod results;
+mod v1mig;
 
 use std::env;
 use std::fs;
@@ -76,7 +77,8 @@ pub fn run(options: Options) -> Result<()> {
     }
     outcome?;
     println!("results: {}", out.display());
-    results::judge(&out)
+    results::judge(&out)?;
+    v1mig::judge(&out, &layout.workspace)
 }
 
 /// Builds mtty.ko and the suite, and packs them into a fresh initramfs in
@@ -90,6 +92,9 @@ fn build_guest(
     let mtty = step("mtty.ko", || {
         mtty::build(kernel, &prepared.source_deb, &layout.cache)
     })?;
+    let v1mig = step("v1mig.ko", || {
+        v1mig::build(kernel, &layout.workspace, &layout.cache)
+    })?;
     let suite = step("vfio-migtest", || build_suite(layout))?;
 
     if layout.work.exists() {
@@ -101,6 +106,7 @@ fn build_guest(
     let contents = initramfs::Contents {
         kernel,
         mtty: &mtty,
+        v1mig: &v1mig,
         suite: &suite,
         suite_args,
         expectations: expectations.is_dir().then_some(expectations.as_path()),

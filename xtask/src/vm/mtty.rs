@@ -84,7 +84,7 @@ fn extracted_source(source_deb: &Path, src_cache: &Path) -> Result<PathBuf> {
     Ok(source)
 }
 
-fn cache_key(source: &[u8], kernel_release: &str) -> u64 {
+pub(super) fn cache_key(source: &[u8], kernel_release: &str) -> u64 {
     // The NUL keeps "source + release" unambiguous.
     let input = source.iter().chain(b"\0").chain(kernel_release.as_bytes());
     fnv1a64(input.copied())
