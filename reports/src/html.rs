@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use askama::Template;
 
+use crate::diff::{CheckChange, Comparison};
 use crate::ktap::exit_code;
 use crate::stats::{human_bytes, human_duration, throughput, Spread};
 use crate::summary::{
@@ -159,6 +160,42 @@ struct ReqRow {
     cells: Vec<ReqCell>,
 }
 
+struct ChangeRow {
+    ids: String,
+    strength: &'static str,
+    path: String,
+    /// The case's anchor in this report, when the case is in it.
+    link: Option<String>,
+    before: String,
+    after: String,
+    class: &'static str,
+    detail: String,
+}
+
+struct ChangeGroup {
+    title: &'static str,
+    class: &'static str,
+    rows: Vec<ChangeRow>,
+}
+
+struct FigureRow {
+    device: String,
+    what: String,
+    before: String,
+    after: String,
+    change: String,
+    class: &'static str,
+}
+
+struct ComparisonView {
+    baseline: String,
+    threshold: String,
+    empty: bool,
+    groups: Vec<ChangeGroup>,
+    figures: Vec<FigureRow>,
+    unpaired: Vec<String>,
+}
+
 #[derive(Template)]
 #[template(path = "report.html", whitespace = "minimize")]
 struct Page {
@@ -175,15 +212,93 @@ struct Page {
     run_env: Vec<Fact>,
     command_line: String,
     run_notes: Vec<String>,
+    comparison: Option<ComparisonView>,
 }
 
 /// The report as one self-contained HTML document.
 pub fn html(results: &RunResults) -> String {
+    render(page(results))
+}
+
+/// The report with a section on what changed since a baseline run.
+pub fn html_compared(results: &RunResults, comparison: &Comparison) -> String {
+    let mut p = page(results);
+    p.comparison = Some(comparison_view(results, comparison));
+    render(p)
+}
+
+fn render(page: Page) -> String {
     // The template only formats strings and numbers into a String, which
     // cannot fail.
-    page(results)
-        .render()
+    page.render()
         .expect("the report template renders into memory")
+}
+
+fn comparison_view(results: &RunResults, c: &Comparison) -> ComparisonView {
+    let slugs = device_slugs(&results.devices);
+    let anchor = |k: &CheckChange| {
+        let (d, slug) = results
+            .devices
+            .iter()
+            .zip(&slugs)
+            .find(|(d, _)| d.name == k.device || d.spec == k.device)?;
+        let case = d.cases.iter().find(|x| x.name == k.case)?;
+        Some(case_id(slug, case))
+    };
+    let groups = [
+        ("Newly failing", "o-fail", &c.newly_failing),
+        ("Newly passing", "o-pass", &c.newly_passing),
+        ("Newly ignored", "o-ignored", &c.newly_ignored),
+    ]
+    .into_iter()
+    .filter(|(_, _, list)| !list.is_empty())
+    .map(|(title, class, list)| ChangeGroup {
+        title,
+        class,
+        rows: list
+            .iter()
+            .map(|k| ChangeRow {
+                ids: k.id_text(),
+                strength: k.strength.map_or("—", |s| s.as_str()),
+                path: k.path(),
+                link: anchor(k),
+                before: k.before.clone(),
+                after: k.after.clone(),
+                class: match k.after.as_str() {
+                    "pass" => "o-pass",
+                    "fail" => "o-fail",
+                    "warn" => "o-warn",
+                    "xfail" => "o-xfail",
+                    _ => "o-ignored",
+                },
+                detail: k.detail.clone(),
+            })
+            .collect(),
+    })
+    .collect();
+    let b = &c.baseline;
+    ComparisonView {
+        baseline: format!(
+            "{} on {} (kernel {}, vfio-migtest {})",
+            b.started, b.host, b.kernel_release, b.tool_version
+        ),
+        threshold: format!("{}%", c.threshold_percent),
+        empty: c.is_empty(),
+        groups,
+        figures: c
+            .figures
+            .iter()
+            .map(|f| FigureRow {
+                device: f.device.clone(),
+                what: f.what.clone(),
+                before: f.before_text(),
+                after: f.after_text(),
+                change: f.percent_text(),
+                class: if f.worse { "o-fail" } else { "o-pass" },
+            })
+            .collect(),
+        unpaired: c.unpaired.clone(),
+    }
 }
 
 fn fact(label: &'static str, value: impl Into<String>) -> Fact {
@@ -286,6 +401,7 @@ fn page(results: &RunResults) -> Page {
         run_env,
         command_line: meta.command_line.join(" "),
         run_notes: meta.notes.clone(),
+        comparison: None,
     }
 }
 

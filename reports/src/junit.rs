@@ -13,17 +13,33 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
+use crate::diff::Comparison;
 use crate::stats::{human_bytes, human_duration};
 use crate::summary::{check_message, first_failed_check, CheckStatus};
 use results::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults};
 
 /// The run as a JUnit XML document.
 pub fn junit(results: &RunResults) -> String {
+    render(results, None)
+}
+
+/// The run as a JUnit XML document whose suites also carry, as
+/// properties, what changed on their device since a baseline run:
+/// `baseline.started`, the counts, and one `newly_failing` (`_passing`,
+/// `_ignored`) or `figure_changed` property per change.
+pub fn junit_compared(results: &RunResults, comparison: &Comparison) -> String {
+    render(results, Some(comparison))
+}
+
+fn render(results: &RunResults, comparison: Option<&Comparison>) -> String {
     let mut report = Report::new("vfio-migtest");
     for device in &results.devices {
         let mut suite = TestSuite::new(device.spec.as_str());
         suite.add_properties(run_properties(&results.meta));
         suite.add_properties(device_properties(device));
+        if let Some(c) = comparison {
+            suite.add_properties(comparison_properties(c, device));
+        }
         let mut total = 0u64;
         for case in &device.cases {
             total = total.saturating_add(case.duration_ns);
@@ -54,6 +70,42 @@ fn run_properties(meta: &RunMeta) -> Vec<Property> {
     }
     if let Some(reason) = &meta.interrupted {
         props.push(Property::new("interrupted", reason));
+    }
+    props
+}
+
+fn comparison_properties(c: &Comparison, device: &DeviceResults) -> Vec<Property> {
+    let label = if device.name.is_empty() {
+        &device.spec
+    } else {
+        &device.name
+    };
+    let changes: Vec<_> = c.for_device(label).collect();
+    let count = |kind: &str| changes.iter().filter(|(k, _)| *k == kind).count();
+    let mut props = vec![
+        Property::new("baseline.started", &c.baseline.started),
+        Property::new("baseline.host", &c.baseline.host),
+        Property::new("baseline.newly_failing", count("newly_failing").to_string()),
+        Property::new("baseline.newly_passing", count("newly_passing").to_string()),
+        Property::new("baseline.newly_ignored", count("newly_ignored").to_string()),
+    ];
+    for (kind, k) in &changes {
+        props.push(Property::new(
+            *kind,
+            format!("{} {}: {} -> {}", k.id_text(), k.path(), k.before, k.after),
+        ));
+    }
+    for f in c.figures.iter().filter(|f| &f.device == label) {
+        props.push(Property::new(
+            "figure_changed",
+            format!(
+                "{}: {} -> {} ({})",
+                f.what,
+                f.before_text(),
+                f.after_text(),
+                f.percent_text()
+            ),
+        ));
     }
     props
 }

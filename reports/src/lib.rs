@@ -3,6 +3,7 @@
 //! function of a [`results::RunResults`].
 #![forbid(unsafe_code)]
 
+pub mod diff;
 pub mod stats;
 pub mod summary;
 
@@ -15,9 +16,10 @@ mod terminal;
 #[cfg(test)]
 mod fixture;
 
-pub use html::html;
+pub use diff::{compare, comparison_text, Comparison, DEFAULT_THRESHOLD_PERCENT};
+pub use html::{html, html_compared};
 pub use json::{read_json, write_json, JsonError};
-pub use junit::junit;
+pub use junit::{junit, junit_compared};
 pub use ktap::{exit_code, ktap};
 pub use terminal::terminal_summary;
 

@@ -88,6 +88,14 @@ pub enum Command {
         /// Apply these expectations instead of the run's (repeatable).
         #[arg(long = "expect", value_name = "FILE")]
         expect: Vec<PathBuf>,
+        /// An earlier run's `results.json`: print (and render into --html
+        /// and --junit) what changed since; exit 1 if a check newly fails.
+        #[arg(long, value_name = "OLD")]
+        baseline: Option<PathBuf>,
+        /// With --baseline: list latency, throughput and downtime changes
+        /// beyond this many percent.
+        #[arg(long, value_name = "PERCENT", default_value_t = reports::DEFAULT_THRESHOLD_PERCENT, value_parser = parse_threshold)]
+        threshold: f64,
     },
     /// Write the man pages or shell completions (for packagers).
     #[command(name = "__generate", hide = true)]
@@ -215,6 +223,13 @@ impl RunArgs {
     /// Whether dangerous cases may run.
     pub fn dangerous_allowed(&self) -> bool {
         self.include_dangerous || self.ignored || self.include_ignored
+    }
+}
+
+fn parse_threshold(text: &str) -> Result<f64, String> {
+    match text.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        _ => Err(format!("{text}: a threshold is a percentage, 0 or more")),
     }
 }
 

@@ -69,6 +69,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             ktap,
             json,
             expect,
+            baseline,
+            threshold,
         }) => report(
             &results,
             &[
@@ -78,6 +80,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 ("json", json),
             ],
             &expect,
+            baseline.as_deref().map(|b| (b, threshold)),
         ),
         Some(Command::Generate(a)) => {
             for path in generate::generate(a.what, &a.out)? {
@@ -153,30 +156,47 @@ fn validate(paths: &[std::path::PathBuf]) -> Result<i32> {
     }
 }
 
+/// Reads `results.json` or a `results.jsonl` journal.
+fn read_results(path: &Path) -> Result<results::RunResults> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.display().to_string();
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        output::read_journal(&text, &name)
+    } else {
+        Ok(reports::read_json(&text).with_context(|| name.clone())?)
+    }
+}
+
 /// Renders reports from `results.json` or a `results.jsonl` journal, with
-/// `expect` (if any) applied in place of the run's expectations.
+/// `expect` (if any) applied in place of the run's expectations, and
+/// compared with a baseline run if one is given (exit 1 when a check
+/// newly fails).
 fn report(
     path: &Path,
     outputs: &[(&str, Option<std::path::PathBuf>)],
     expect: &[std::path::PathBuf],
+    baseline: Option<(&Path, f64)>,
 ) -> Result<i32> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path.display().to_string();
-    let mut results = if path.extension().is_some_and(|e| e == "jsonl") {
-        output::read_journal(&text, &name)?
-    } else {
-        reports::read_json(&text).with_context(|| name.clone())?
-    };
+    let mut results = read_results(path)?;
     if !expect.is_empty() {
         reapply(&mut results, expect)?;
     }
+    let comparison = match baseline {
+        Some((old, threshold)) => {
+            let old = read_results(old).map_err(|e| Usage(format!("{e:#}")))?;
+            Some(reports::compare(&results, &old, threshold))
+        }
+        None => None,
+    };
     for (kind, target) in outputs {
         let Some(target) = target else { continue };
-        let text = match *kind {
-            "html" => reports::html(&results),
-            "junit" => reports::junit(&results),
-            "ktap" => reports::ktap(&results),
+        let text = match (*kind, &comparison) {
+            ("html", Some(c)) => reports::html_compared(&results, c),
+            ("html", None) => reports::html(&results),
+            ("junit", Some(c)) => reports::junit_compared(&results, c),
+            ("junit", None) => reports::junit(&results),
+            ("ktap", _) => reports::ktap(&results),
             _ => reports::write_json(&results),
         };
         output::write_atomic(target, text.as_bytes())
@@ -184,7 +204,13 @@ fn report(
         println!("wrote {}", target.display());
     }
     print!("{}", reports::terminal_summary(&results));
-    Ok(0)
+    Ok(match comparison {
+        Some(c) => {
+            print!("{}", reports::comparison_text(&c));
+            i32::from(c.newly_fails())
+        }
+        None => 0,
+    })
 }
 
 /// Replaces the expectations a results file was made with. Case names are
