@@ -164,14 +164,7 @@ fn a_bad_baseline_is_a_usage_error() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let o = bin()
-        .args([
-            "report",
-            "x.json",
-            "--baseline",
-            "y.json",
-            "--threshold",
-            "-5",
-        ])
+        .args(["report", "x.json", "--baseline", "y.json", "--threshold=-5"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
