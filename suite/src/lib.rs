@@ -15,3 +15,4 @@ pub mod savefile;
 pub mod scenario;
 pub mod size;
 pub mod uapi;
+pub mod wire;

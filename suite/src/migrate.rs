@@ -9,6 +9,7 @@
 //! [`crate::savefile`].
 #![forbid(unsafe_code)]
 
+pub mod live;
 mod v1;
 
 use std::fs::{File, OpenOptions};
@@ -78,6 +79,9 @@ pub enum Failure {
     Refused,
     /// The driver failed an operation or rejected the stream, or timed out.
     Driver,
+    /// The peer of a live migration went away, fell silent, failed, or
+    /// sent damaged data.
+    Peer,
 }
 
 /// A finished save.
@@ -199,6 +203,21 @@ impl Job<'_> {
         Ok(from.to_string())
     }
 
+    /// The save-file header fields that describe this device and host.
+    fn device_header(&self, flags: u64) -> SaveHeader {
+        let desc = self.dev.description();
+        SaveHeader {
+            tool_version: self.origin.tool_version.clone(),
+            driver: desc.driver.clone().unwrap_or_default(),
+            device_type: desc.device_type.clone().unwrap_or_default(),
+            kernel_release: self.origin.kernel_release.clone(),
+            host: self.origin.host.clone(),
+            device: desc.name.clone(),
+            migration_flags: flags,
+            ..SaveHeader::default()
+        }
+    }
+
     /// The device's v1 migration region when it has no migration v2
     /// (then `None`); the v2 error when it has neither.
     fn protocol(&mut self) -> Result<Option<v1::Region>, Fail> {
@@ -222,16 +241,7 @@ impl Job<'_> {
             None => self.migration_flags()?,
         };
         let desc = self.dev.description().clone();
-        let mut header = SaveHeader {
-            tool_version: self.origin.tool_version.clone(),
-            driver: desc.driver.clone().unwrap_or_default(),
-            device_type: desc.device_type.clone().unwrap_or_default(),
-            kernel_release: self.origin.kernel_release.clone(),
-            host: self.origin.host.clone(),
-            device: desc.name.clone(),
-            migration_flags: flags,
-            ..SaveHeader::default()
-        };
+        let mut header = self.device_header(flags);
         let file_err = |e: &dyn std::fmt::Display| {
             fail(
                 Failure::File,
