@@ -110,6 +110,14 @@ pub enum Command {
     /// Load a saved migration state into a device: STOP, RESUMING, the
     /// stream, STOP.
     Resume(ResumeArgs),
+    /// Live-migrate a RUNNING device to `vfio-migtest receive` on another
+    /// host: PRE_COPY iterations while it runs, then STOP_COPY.
+    #[command(after_help = LIVE_EXAMPLES)]
+    Migrate(MigrateArgs),
+    /// Receive a live migration from `vfio-migtest migrate` into a device,
+    /// resuming as the data arrives; the device ends RUNNING.
+    #[command(after_help = LIVE_EXAMPLES)]
+    Receive(ReceiveArgs),
     /// Score the cases against every fault of the simulator's catalogue.
     Faults(FaultsArgs),
     #[command(name = "__probe", hide = true)]
@@ -118,6 +126,10 @@ pub enum Command {
     SaveChild(SaveArgs),
     #[command(name = "__resume", hide = true)]
     ResumeChild(ResumeArgs),
+    #[command(name = "__migrate", hide = true)]
+    MigrateChild(MigrateArgs),
+    #[command(name = "__receive", hide = true)]
+    ReceiveChild(ReceiveArgs),
     #[command(name = "__case", hide = true)]
     Case(CaseArgs),
     #[command(name = "__restore", hide = true)]
@@ -407,6 +419,71 @@ pub fn split_device_list(list: &str) -> Result<Vec<DeviceSpec>, String> {
         .iter()
         .map(|s| device_spec(s).map_err(|e| format!("VFIO_MIGTEST_DEVICES: {e}")))
         .collect()
+}
+
+const LIVE_EXAMPLES: &str = "\
+Examples:
+  dst$ vfio-migtest receive --device 0000:3b:00.2 --listen 0.0.0.0:47000
+  src$ vfio-migtest migrate --device 0000:3b:00.1 --to dst:47000 --json src.json
+
+Both sides print bytes per phase, precopy iterations, the downtime (the
+source leaving RUNNING until the destination is RUNNING) and throughput, and
+record them with --json. A refused peer (another wire format version, another
+driver or device type) is refused before either device is touched. On any
+failure each device that was touched is reset to RUNNING. Exit status: 0
+done, 1 the driver or the peer failed, 2 refused or usage error, 4 the device
+cannot be used.";
+
+/// What both sides of a live migration take.
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    /// The device: PCI address, mdev UUID, /dev/vfio/devices/vfioN, `sim`
+    /// or `sim:OPTIONS`.
+    #[arg(long, value_name = "SPEC", value_parser = device_spec)]
+    pub device: DeviceSpec,
+    /// Size of each read() on the source's data fd, and so of each DATA
+    /// frame (1 byte to 1GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_chunk, default_value = "1MiB")]
+    pub chunk: usize,
+    /// Deadline of the whole migration, waiting for the peer included.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+    /// Longest time the peer may stay silent (a cut connection, a hung peer).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub idle_timeout: Duration,
+    /// After the migration, save the device into FILE (source: from STOP;
+    /// destination: from STOP before RUNNING); for a deterministic device
+    /// the two streams are equal.
+    #[arg(long, value_name = "FILE")]
+    pub resave: Option<PathBuf>,
+    /// Record the outcome and the figures in FILE (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Where `vfio-migtest receive` listens.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+    /// The most precopy iterations before the switch to STOP_COPY.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_precopy: u32,
+    /// Switch to STOP_COPY once the initial data is sent and the dirty data
+    /// would take no longer than this at the measured throughput.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "300ms")]
+    pub downtime_limit: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Address to listen on (port 0: any free port, printed).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
 }
 
 /// What `__generate` writes.

@@ -83,7 +83,9 @@ mod tests {
             [
                 "vfio-migtest-faults.1",
                 "vfio-migtest-list.1",
+                "vfio-migtest-migrate.1",
                 "vfio-migtest-probe.1",
+                "vfio-migtest-receive.1",
                 "vfio-migtest-report.1",
                 "vfio-migtest-resume.1",
                 "vfio-migtest-run.1",

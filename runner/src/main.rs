@@ -10,6 +10,7 @@ mod expect;
 mod faults;
 mod generate;
 mod kmsg;
+mod live;
 mod output;
 mod probe;
 mod progress;
@@ -91,6 +92,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Some(Command::ProbeDevices(a)) => probe::probe(&a),
         Some(Command::Save(a)) => transfer::save(&a),
         Some(Command::Resume(a)) => transfer::resume(&a),
+        Some(Command::Migrate(a)) => live::migrate(&a),
+        Some(Command::Receive(a)) => live::receive(&a),
+        Some(Command::MigrateChild(a)) => Ok(live::migrate_child(&a)),
+        Some(Command::ReceiveChild(a)) => Ok(live::receive_child(&a)),
         Some(Command::Faults(a)) => faults::faults(&a),
         Some(Command::Probe(a)) => Ok(child::probe(&a)),
         Some(Command::SaveChild(a)) => Ok(transfer::save_child(&a)),

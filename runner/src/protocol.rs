@@ -9,6 +9,7 @@ use results::Event;
 use serde::{Deserialize, Serialize};
 use suite::device::DeviceDescription;
 use suite::exec::DeviceCaps;
+use suite::migrate::live::LiveSummary;
 use suite::migrate::{Failure, ResumeSummary, SaveSummary};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +42,10 @@ pub enum ChildLine {
     Note(String),
     Saved(SaveSummary),
     Resumed(ResumeSummary),
+    /// `__receive` listens on this address (the port resolved).
+    Listening(String),
+    /// One side of a live migration finished (`__migrate`, `__receive`).
+    Migrated(LiveSummary),
     /// A save or resume failed; the kind decides the exit code.
     Failed {
         kind: Failure,

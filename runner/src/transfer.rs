@@ -40,11 +40,11 @@ const GRACE: Duration = Duration::from_secs(2);
 const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
 /// The exit code of a failed save or resume.
-fn exit_code(kind: Failure) -> i32 {
+pub(crate) fn exit_code(kind: Failure) -> i32 {
     match kind {
         Failure::Open | Failure::Unsupported => NO_DEVICE_EXIT,
         Failure::File | Failure::Refused => FILE_EXIT,
-        Failure::Driver => DRIVER_EXIT,
+        Failure::Driver | Failure::Peer => DRIVER_EXIT,
     }
 }
 
@@ -57,7 +57,7 @@ fn peak_rss_kib() -> Option<u64> {
 
 /// Runs a save or resume job on the device of `spec` in this (child)
 /// process, reporting each step as a line. Returns the exit status.
-fn child_run(
+pub(crate) fn child_run(
     spec: &DeviceSpec,
     timeout: Duration,
     work: impl FnOnce(&mut Job) -> Result<ChildLine, Fail>,
@@ -140,8 +140,8 @@ fn open_save_file(path: &Path) -> Result<(SaveHeader, File)> {
 
 /// What the parent saw of a child.
 #[derive(Debug, Default)]
-struct Supervised {
-    lines: Vec<ChildLine>,
+pub(crate) struct Supervised {
+    pub(crate) lines: Vec<ChildLine>,
     /// The last thing the child said it was doing.
     doing: Option<String>,
     /// Temporary files to remove if the child did not finish.
@@ -156,7 +156,7 @@ struct Supervised {
 
 /// Runs a child until it ends, the deadline (plus grace) passes or a
 /// signal arrives.
-fn supervise(cmd: Command, timeout: Duration) -> Supervised {
+pub(crate) fn supervise(cmd: Command, timeout: Duration) -> Supervised {
     let mut s = Supervised::default();
     let deadline = Instant::now() + timeout + GRACE;
     let mut child = match ChildProc::spawn(cmd, None) {
@@ -180,6 +180,8 @@ fn supervise(cmd: Command, timeout: Duration) -> Supervised {
                 Ok(line) => {
                     match &line {
                         ChildLine::Doing(what) => s.doing = Some(what.clone()),
+                        // Who starts the source waits for this line.
+                        ChildLine::Listening(addr) => crate::live::announce(addr),
                         ChildLine::Temp(path) => s.temps.push(PathBuf::from(path)),
                         _ => {}
                     }
@@ -232,14 +234,14 @@ impl Supervised {
     }
 }
 
-fn child_command(sub: &str) -> Result<Command> {
+pub(crate) fn child_command(sub: &str) -> Result<Command> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let mut cmd = Command::new(exe);
     cmd.arg(sub);
     Ok(cmd)
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
@@ -268,7 +270,7 @@ fn describe_save(s: &SaveSummary, again: bool) -> String {
     )
 }
 
-fn or_unknown(s: &str) -> &str {
+pub(crate) fn or_unknown(s: &str) -> &str {
     if s.is_empty() {
         "unknown"
     } else {
@@ -277,11 +279,12 @@ fn or_unknown(s: &str) -> &str {
 }
 
 /// Prints what a child reported and turns it into the exit code.
-fn conclude(s: &Supervised, spec: &DeviceSpec, timeout: Duration, what: &str) -> i32 {
+pub(crate) fn conclude(s: &Supervised, spec: &DeviceSpec, timeout: Duration, what: &str) -> i32 {
     let mut code = None;
     for line in &s.lines {
         match line {
             ChildLine::Doing(_)
+            | ChildLine::Listening(_)
             | ChildLine::Temp(_)
             | ChildLine::Event(_)
             | ChildLine::Probed { .. }
@@ -304,6 +307,10 @@ fn conclude(s: &Supervised, spec: &DeviceSpec, timeout: Duration, what: &str) ->
                 if let Some(again) = &r.resaved {
                     println!("{}", describe_save(again, true));
                 }
+                code = Some(0);
+            }
+            ChildLine::Migrated(m) => {
+                print!("{}", crate::live::describe(m));
                 code = Some(0);
             }
             ChildLine::Failed { kind, message } => {

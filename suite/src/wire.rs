@@ -257,7 +257,7 @@ pub fn parse_pair(frame: &Frame) -> Result<(u64, u64), WireError> {
             frame.payload.len()
         )));
     }
-    Ok((get_u64(&frame.payload, 0), get_u64(&frame.payload, 8)))
+    Ok((get_u64(frame.payload, 0), get_u64(frame.payload, 8)))
 }
 
 /// The running checksum of the stream, as END carries it.

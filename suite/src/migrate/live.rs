@@ -27,7 +27,7 @@ use super::{fail, not_ready, Fail, Failure, Job, SaveSummary};
 use crate::device::DeviceExt;
 use crate::exec::datafd::{self, End, WriteEnd};
 use crate::exec::nanos;
-use crate::savefile::SaveHeader;
+use crate::savefile::{SaveHeader, Xxh64};
 use crate::scenario::ReadUntil;
 use crate::uapi::{errno_name, MigState};
 use crate::wire::{self, Kind, Phase, WireError};
@@ -119,6 +119,8 @@ struct Conn<'l> {
     deadline: Instant,
     /// Who the peer is, for messages.
     peer: &'static str,
+    /// XXH64 of the DATA sent so far.
+    sent: Xxh64,
 }
 
 impl Conn<'_> {
@@ -153,6 +155,12 @@ impl Conn<'_> {
             };
             peer_fail(said.unwrap_or(what))
         })
+    }
+
+    /// Sends a piece of the stream.
+    fn send_data(&mut self, phase: Phase, data: &[u8]) -> Result<(), Fail> {
+        self.sent.update(data);
+        self.send(Kind::Data, phase, data)
     }
 
     /// The reason in an ABORT or REFUSE the peer sent before it went away.
@@ -276,6 +284,7 @@ impl Job<'_> {
             idle: opts.idle,
             deadline: self.deadline,
             peer: "destination",
+            sent: wire::stream_hash(),
         };
         let result = self.migrate_on(&mut conn, opts);
         if let Err(f) = &result {
@@ -318,7 +327,6 @@ impl Job<'_> {
             ));
         }
         let mut buf = vec![0u8; opts.chunk];
-        let mut hash = wire::stream_hash();
         let t0 = Instant::now();
         let mut s = LiveSummary {
             role: "source".into(),
@@ -347,7 +355,7 @@ impl Job<'_> {
                     "RUNNING -> PRE_COPY returned no data fd (data_fd = -1)",
                 ));
             }
-            let r = self.precopy(conn, fd, &mut buf, &mut hash, &mut s, opts);
+            let r = self.precopy(conn, fd, &mut buf, &mut s, opts);
             if let Err(e) = r {
                 let _ = self.dev.data_close(fd);
                 return Err(e);
@@ -384,7 +392,6 @@ impl Job<'_> {
                     conn,
                     fd,
                     &mut buf,
-                    &mut hash,
                     Phase::StopCopy,
                     ReadUntil::Eof,
                     u64::MAX,
@@ -395,7 +402,7 @@ impl Job<'_> {
         })();
         let _ = self.dev.data_close(fd);
         streamed?;
-        s.checksum = hash.digest();
+        s.checksum = conn.sent.digest();
         conn.send(Kind::End, Phase::None, &wire::pair(s.bytes(), s.checksum))?;
         self.doing("waiting for the destination to reach RUNNING".into());
         let frame = conn.recv()?;
@@ -420,7 +427,6 @@ impl Job<'_> {
         conn: &mut Conn,
         fd: crate::device::DataFd,
         buf: &mut [u8],
-        hash: &mut crate::savefile::Xxh64,
         s: &mut LiveSummary,
         opts: &LiveOptions,
     ) -> Result<(), Fail> {
@@ -434,7 +440,6 @@ impl Job<'_> {
                 conn,
                 fd,
                 buf,
-                hash,
                 Phase::PreCopy,
                 ReadUntil::EndOfPrecopy,
                 announced.max(1),
@@ -500,7 +505,6 @@ impl Job<'_> {
         conn: &mut Conn,
         fd: crate::device::DataFd,
         buf: &mut [u8],
-        hash: &mut crate::savefile::Xxh64,
         phase: Phase,
         until: ReadUntil,
         bound: u64,
@@ -513,10 +517,7 @@ impl Job<'_> {
             until,
             bound,
             || deadline.saturating_duration_since(Instant::now()),
-            |data| {
-                hash.update(data);
-                conn.send(Kind::Data, phase, data)
-            },
+            |data| conn.send_data(phase, data),
         )?;
         let at = format!("for read() after {bytes} bytes");
         match (end, until) {
@@ -551,6 +552,7 @@ impl Job<'_> {
             idle: opts.idle,
             deadline: self.deadline,
             peer: "source",
+            sent: wire::stream_hash(),
         };
         let result = self.receive_on(&mut conn, opts);
         if let Err(f) = &result {

@@ -36,6 +36,10 @@ fn opts(resave: Option<PathBuf>) -> LiveOptions {
     }
 }
 
+/// Sees the bytes from the source at an offset, may change them, and says
+/// whether they go on (false: the connection is cut there).
+type Middle = Box<dyn FnMut(u64, &mut [u8]) -> bool + Send>;
+
 type Side = (Result<LiveSummary, Failed>, Vec<String>);
 
 fn side(
@@ -72,7 +76,7 @@ fn migrate(
     src: &'static str,
     dst: &'static str,
     resave: Option<(PathBuf, PathBuf)>,
-    middle: Option<Box<dyn FnMut(u64, &mut [u8]) -> bool + Send>>,
+    middle: Option<Middle>,
 ) -> (Side, Side) {
     let (a, b) = UnixStream::pair().unwrap();
     let (src_resave, dst_resave) = resave.unzip();
@@ -126,7 +130,7 @@ fn stream_of(path: &Path) -> (SaveHeader, Vec<u8>) {
 }
 
 fn failed(side: &Side) -> &Failed {
-    side.0.as_ref().err().expect("the side failed")
+    side.0.as_ref().expect_err("the side failed")
 }
 
 /// 1 MiB of initial precopy data, then about 3 MiB in STOP_COPY.
@@ -229,7 +233,7 @@ const MID_STOP_COPY: u64 = 3 << 20;
 
 #[test]
 fn a_corrupted_chunk_is_caught_before_the_driver_sees_it() {
-    let flip: Box<dyn FnMut(u64, &mut [u8]) -> bool + Send> = Box::new(|at, data| {
+    let flip: Middle = Box::new(|at, data| {
         let end = at + data.len() as u64;
         if (at..end).contains(&MID_PRECOPY) {
             data[(MID_PRECOPY - at) as usize] ^= 0x01;
@@ -253,8 +257,7 @@ fn a_corrupted_chunk_is_caught_before_the_driver_sees_it() {
 #[test]
 fn a_cut_connection_fails_both_sides_and_resets_both_devices() {
     for cut_at in [MID_PRECOPY, MID_STOP_COPY] {
-        let cut: Box<dyn FnMut(u64, &mut [u8]) -> bool + Send> =
-            Box::new(move |at, data| at + (data.len() as u64) < cut_at);
+        let cut: Middle = Box::new(move |at, data| at + (data.len() as u64) < cut_at);
         let (s, d) = migrate(SRC, SRC, None, Some(cut));
         for (side, name) in [(&s, "source"), (&d, "destination")] {
             let (f, restored) = failed(side);
