@@ -20,7 +20,7 @@
 //! | 1 | HELLO | both, first | magic `VFMTWIRE`, format version u32 (1), then a save-file header ([`crate::savefile`]) describing the sender's device: tool version, driver, device type, kernel release, host, device, MIGRATION flags (stream length and checksum 0) |
 //! | 2 | REFUSE | either, instead of going on | why, UTF-8 |
 //! | 3 | START | source | none: both HELLOs were accepted |
-//! | 4 | READY | destination | none: its device is in RESUMING |
+//! | 4 | READY | destination | its device is in RESUMING; 1 byte: 1 when it saves its device again before RUNNING (the source then waits for DONE until its deadline, not its idle timeout) |
 //! | 5 | DATA | source | a piece of the stream, as read from the data fd |
 //! | 6 | SWITCH | source | precopy iterations u64, precopy bytes u64: the source left PRE_COPY for STOP_COPY |
 //! | 7 | END | source | stream length u64, XXH64 of the whole stream u64 |

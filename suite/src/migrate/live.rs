@@ -313,6 +313,7 @@ impl Job<'_> {
         if frame.kind != Kind::Ready {
             return Err(unexpected(&frame, "destination", "READY"));
         }
+        let peer_resaves = frame.payload.first() == Some(&1);
 
         let from = self.dev.get_state().map_err(|e| {
             fail(
@@ -405,6 +406,10 @@ impl Job<'_> {
         s.checksum = conn.sent.digest();
         conn.send(Kind::End, Phase::None, &wire::pair(s.bytes(), s.checksum))?;
         self.doing("waiting for the destination to reach RUNNING".into());
+        if peer_resaves {
+            // It saves a whole state before RUNNING and says nothing meanwhile.
+            conn.idle = self.deadline.saturating_duration_since(Instant::now());
+        }
         let frame = conn.recv()?;
         if frame.kind != Kind::Done {
             return Err(unexpected(&frame, "destination", "DONE"));
@@ -612,7 +617,7 @@ impl Job<'_> {
             resaved: None,
         };
         let written = conn
-            .send(Kind::Ready, Phase::None, b"")
+            .send(Kind::Ready, Phase::None, &[u8::from(opts.resave.is_some())])
             .and_then(|()| self.stream_in(conn, fd, &mut s));
         let left = written.and_then(|()| self.set(MigState::Stop));
         let _ = self.dev.data_close(fd);
