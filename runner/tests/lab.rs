@@ -71,15 +71,17 @@ struct Run {
 }
 
 fn definition() -> TestDefinition {
-    let path = repo().join("lab/lava/vfio-migtest.yaml");
+    definition_at("lab/lava/vfio-migtest.yaml")
+}
+
+fn definition_at(file: &str) -> TestDefinition {
+    let path = repo().join(file);
     let yaml = std::fs::read_to_string(&path).unwrap();
     serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// What test-definitions' own validator requires of a definition.
-#[test]
-fn the_lava_definition_is_well_formed() {
-    let d = definition();
+fn check_metadata(d: &TestDefinition) {
     let m = &d.metadata;
     assert!(!m.name.is_empty() && !m.name.contains(char::is_whitespace));
     assert_eq!(m.format, "Lava-Test Test Definition 1.0");
@@ -92,6 +94,12 @@ fn the_lava_definition_is_well_formed() {
     ] {
         assert!(!empty, "metadata.{field} is empty");
     }
+}
+
+#[test]
+fn the_lava_definition_is_well_formed() {
+    let d = definition();
+    check_metadata(&d);
     for param in [
         "DEVICES",
         "DESTINATION",
@@ -166,6 +174,158 @@ fn lava_run(params: &[(&str, &str)]) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// The script LAVA's run.sh amounts to: the parameters as shell variables
+/// (the job's over the defaults), then every step under `set -e`.
+fn run_script(d: &TestDefinition, params: &[(&str, &str)]) -> String {
+    let mut values: BTreeMap<&str, &str> = d
+        .params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    values.extend(params.iter().copied());
+    let mut script = String::from("set -e\n");
+    for (k, v) in &values {
+        script.push_str(&format!("{k}='{v}'\n"));
+    }
+    for step in &d.run.steps {
+        script.push_str(step);
+        script.push('\n');
+    }
+    script
+}
+
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Stand-ins for LAVA's MultiNode helpers that behave as LAVA's do: a
+/// message sent by one node is seen by the other's `lava-wait`, which
+/// blocks until it is there and leaves its `key=value` pairs in the node's
+/// `$LAVA_MULTI_NODE_CACHE`; `lava-role` prints the node's role; and
+/// `lava-test-case` records its arguments, per node.
+fn multinode_helpers(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let messages = dir.join("messages");
+    std::fs::create_dir(&messages).unwrap();
+    let m = messages.display();
+    write_script(&bin.join("lava-role"), "#!/bin/sh\necho \"$NODE_ROLE\"\n");
+    write_script(
+        &bin.join("lava-send"),
+        &format!(
+            "#!/bin/sh\nid=\"$1\"; shift\ntmp=\"{m}/.$id.$$\"\n: > \"$tmp\"\nfor kv in \"$@\"; do echo \"$kv\" >> \"$tmp\"; done\nmv \"$tmp\" \"{m}/$id\"\n"
+        ),
+    );
+    // LAVA's lava-wait waits as long as the job lets it; this one gives up
+    // after ten minutes so that a broken definition fails the test.
+    write_script(
+        &bin.join("lava-wait"),
+        &format!(
+            "#!/bin/sh\nn=0\nwhile [ ! -e \"{m}/$1\" ]; do sleep 0.1; n=$((n+1)); [ $n -lt 6000 ] || exit 1; done\ncp \"{m}/$1\" \"$LAVA_MULTI_NODE_CACHE\"\n"
+        ),
+    );
+    write_script(
+        &bin.join("lava-test-case"),
+        "#!/bin/sh\necho \"$*\" >> \"$NODE_CALLS\"\n",
+    );
+    bin
+}
+
+#[test]
+fn the_multinode_definition_migrates_between_its_roles() {
+    if !have_python() {
+        return;
+    }
+    let d = definition_at("lab/lava/vfio-migtest-multinode.yaml");
+    check_metadata(&d);
+    let steps = d.run.steps.join("\n");
+    assert!(steps.contains("lava-role") && steps.contains("live-migration.py"));
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = multinode_helpers(tmp.path());
+    let spec = "sim:size=16MiB,precopy=4MiB,dirty=2";
+    let nodes: Vec<_> = ["destination", "source"]
+        .into_iter()
+        .map(|role| {
+            let node = tmp.path().join(role);
+            std::fs::create_dir(&node).unwrap();
+            let out = node.join("output").display().to_string();
+            let script = run_script(
+                &d,
+                &[
+                    ("DEVICE", spec),
+                    ("PORT", "0"),
+                    ("ADDRESS", "127.0.0.1"),
+                    ("SKIP_INSTALL", "true"),
+                    ("VFIO_MIGTEST", bin_path()),
+                    ("OUTPUT", &out),
+                ],
+            );
+            let calls = node.join("calls");
+            let child = clean(Command::new("sh"))
+                .arg("-c")
+                .arg(&script)
+                .current_dir(repo())
+                .env("NODE_ROLE", role)
+                .env("NODE_CALLS", &calls)
+                .env("LAVA_MULTI_NODE_CACHE", node.join("cache"))
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        bin.display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (role, child, calls, node)
+        })
+        .collect();
+    for (role, child, calls, node) in nodes {
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{role}: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let calls = std::fs::read_to_string(&calls).unwrap();
+        let lines: Vec<&str> = calls.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("live-migration-{role} --result pass"),
+            "{role}: {calls}{}",
+            text(&o.stderr)
+        );
+        for (what, units) in [
+            ("throughput", "MB/s"),
+            ("precopy-iterations", "iterations"),
+            ("downtime", "ms"),
+        ] {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{role}-{what} --result pass --measurement ")))
+                .unwrap_or_else(|| panic!("{role}: no {what}: {calls}"));
+            assert!(line.ends_with(&format!(" --units {units}")), "{line}");
+            let value: f64 = line.split(' ').nth(4).unwrap().parse().unwrap();
+            assert!(value >= 0.0, "{line}");
+        }
+        let record = std::fs::read_to_string(
+            node.join("output")
+                .join(format!("live-migration-{role}.json")),
+        )
+        .unwrap();
+        assert!(record.contains(r#""result": "pass""#), "{record}");
+    }
+}
+
+fn bin_path() -> &'static str {
+    bin()
 }
 
 fn expectations_for_sim(dir: &Path) -> PathBuf {
