@@ -23,6 +23,9 @@
 //! A file is valid when the magic, the version and the header checksum
 //! agree, its size is exactly H + stream length, and the stream hashes to
 //! the stream checksum. A reader refuses versions it does not know.
+//!
+//! A live migration (`migrate` / `receive`) sends the same header fields in
+//! its HELLO frame; its framing is [`crate::wire`].
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read};
