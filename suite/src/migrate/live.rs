@@ -307,14 +307,7 @@ impl Job<'_> {
         }
         let parsed = wire::parse_hello(frame.payload);
         let theirs = self.check_hello(conn, parsed, &mine)?;
-        conn.send(Kind::Start, Phase::None, b"")?;
-        self.doing("waiting for the destination to enter RESUMING".into());
-        let frame = conn.recv()?;
-        if frame.kind != Kind::Ready {
-            return Err(unexpected(&frame, "destination", "READY"));
-        }
-        let peer_resaves = frame.payload.first() == Some(&1);
-
+        // Checked before the destination leaves its state.
         let from = self.dev.get_state().map_err(|e| {
             fail(
                 Failure::Driver,
@@ -327,6 +320,14 @@ impl Job<'_> {
                 format!("the device is in {from}; a live migration starts from RUNNING"),
             ));
         }
+        conn.send(Kind::Start, Phase::None, b"")?;
+        self.doing("waiting for the destination to enter RESUMING".into());
+        let frame = conn.recv()?;
+        if frame.kind != Kind::Ready {
+            return Err(unexpected(&frame, "destination", "READY"));
+        }
+        let peer_resaves = frame.payload.first() == Some(&1);
+
         let mut buf = vec![0u8; opts.chunk];
         let t0 = Instant::now();
         let mut s = LiveSummary {
