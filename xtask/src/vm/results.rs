@@ -29,6 +29,11 @@ const EXPECTED_RUNS: &[(&str, i32, &str)] = &[
     ("busy", 4, "already open (by PID"),
     // Region access on a real kernel: the NIC's config space matches sysfs.
     ("probe", 0, "8086:10d3 (= sysfs)"),
+    // A live migration over loopback between the two mtty-2 devices, and
+    // the same state saved again on both sides.
+    ("migrate", 0, "downtime: "),
+    ("receive", 0, "the device is in RUNNING"),
+    ("live-resave-identical", 0, ""),
     ("save", 0, ""),
     ("resume", 0, ""),
     // The second mtty-2 device, saved again, gives the same stream.
