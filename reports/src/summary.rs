@@ -336,34 +336,55 @@ pub fn qemu_verdict(device: &DeviceResults, requirements: &[Requirement]) -> Qem
         }
     }
     harmless.sort();
-    match decisive {
-        Some((case, check, q)) => {
-            let others = breaking - 1;
-            let more = if others == 0 {
-                String::new()
-            } else {
-                format!(
-                    "; {others} more finding{} break{} it",
-                    if others == 1 { "" } else { "s" },
-                    if others == 1 { "s" } else { "" }
-                )
-            };
-            QemuVerdict {
-                migrates: false,
-                line: one_line(&format!(
-                    "QEMU would not migrate this device: {} ({}), decided by {} in {}{more}",
-                    q.effect.as_str(),
-                    q.via,
-                    check_message(check),
-                    case.name
-                )),
-                harmless,
-            }
-        }
-        None => QemuVerdict {
-            migrates: true,
-            line: "QEMU would migrate this device: no finding breaks a QEMU migration".into(),
+    let incomplete = device
+        .wedged
+        .as_deref()
+        .map(|w| format!("the device was wedged ({})", one_line(w)))
+        .or_else(|| {
+            let errors = device
+                .cases
+                .iter()
+                .filter(|c| c.outcome == Outcome::Error)
+                .count();
+            (errors > 0).then(|| format!("{errors} case(s) ended in a harness error"))
+        });
+    match (decisive, incomplete) {
+        (None, Some(why)) => QemuVerdict {
+            migrates: false,
+            line: format!(
+                "QEMU verdict not decided: no finding breaks a QEMU migration, but {why}"
+            ),
             harmless,
+        },
+        (decisive, _) => match decisive {
+            Some((case, check, q)) => {
+                let others = breaking - 1;
+                let more = if others == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "; {others} more finding{} break{} it",
+                        if others == 1 { "" } else { "s" },
+                        if others == 1 { "s" } else { "" }
+                    )
+                };
+                QemuVerdict {
+                    migrates: false,
+                    line: one_line(&format!(
+                        "QEMU would not migrate this device: {} ({}), decided by {} in {}{more}",
+                        q.effect.as_str(),
+                        q.via,
+                        check_message(check),
+                        case.name
+                    )),
+                    harmless,
+                }
+            }
+            None => QemuVerdict {
+                migrates: true,
+                line: "QEMU would migrate this device: no finding breaks a QEMU migration".into(),
+                harmless,
+            },
         },
     }
 }

@@ -330,6 +330,9 @@ fn failure_text(r: &CaseResult, grading: Grading) -> String {
                 ));
             }
         }
+        if let Some(line) = reports::summary::impact_line(c, suite::requirements::all()) {
+            out.push_str(&format!("\n    {line}"));
+        }
     }
     if shown.len() > 3 {
         out.push_str(&format!("\n  ... and {} more", shown.len() - 3));
