@@ -241,11 +241,17 @@ mod tests {
         let slower = with(Df, Verdict::Fail, QemuEffect::Slower);
         let aborts_df = with(Df, Verdict::Fail, QemuEffect::Aborts);
         assert_eq!(
-            case_outcome(&[never.clone()], Grading::default()),
+            case_outcome(std::slice::from_ref(&never), Grading::default()),
             Outcome::Warn
         );
-        assert_eq!(case_outcome(&[never.clone()], qemu), Outcome::Fail);
-        assert_eq!(case_outcome(&[harmless.clone()], qemu), Outcome::Warn);
+        assert_eq!(
+            case_outcome(std::slice::from_ref(&never), qemu),
+            Outcome::Fail
+        );
+        assert_eq!(
+            case_outcome(std::slice::from_ref(&harmless), qemu),
+            Outcome::Warn
+        );
         assert_eq!(case_outcome(&[slower], qemu), Outcome::Pass);
         assert_eq!(case_outcome(&[aborts_df], qemu), Outcome::Fail);
         let passed = with(Should, Verdict::Pass, QemuEffect::NeverConverges);
