@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::stats::{human_duration, throughput, Spread};
 use crate::summary::{one_line, CheckStatus};
-use results::{CaseResult, CheckRecord, DeviceResults, Direction, RunResults, Strength};
+use results::{CaseResult, CheckRecord, DeviceResults, Direction, Grading, RunResults, Strength};
 
 /// Default threshold for figures: a change beyond this many percent is
 /// listed.
@@ -43,11 +43,11 @@ pub enum Standing {
 }
 
 impl Standing {
-    fn of(check: Option<&CheckRecord>, case_ran: bool, strict: bool) -> Standing {
+    fn of(check: Option<&CheckRecord>, case_ran: bool, grading: Grading) -> Standing {
         let Some(check) = check.filter(|_| case_ran) else {
             return Standing::NotRun;
         };
-        match CheckStatus::of(check, strict) {
+        match CheckStatus::of(check, grading) {
             CheckStatus::Pass | CheckStatus::Note => Standing::Pass,
             CheckStatus::Fail | CheckStatus::Xpass => Standing::Fail,
             CheckStatus::Warn => Standing::Warn,
@@ -285,7 +285,7 @@ pub fn compare(new: &RunResults, baseline: &RunResults, threshold_percent: f64) 
         unpaired,
     };
     for (n, o) in pairs {
-        compare_checks(&mut c, n, new.meta.strict, o, baseline.meta.strict);
+        compare_checks(&mut c, n, new.meta.grading(), o, baseline.meta.grading());
         compare_figures(&mut c, n, o);
     }
     let by_id = |a: &CheckChange, b: &CheckChange| {
@@ -300,9 +300,9 @@ pub fn compare(new: &RunResults, baseline: &RunResults, threshold_percent: f64) 
 fn compare_checks(
     c: &mut Comparison,
     new: &DeviceResults,
-    new_strict: bool,
+    new_grading: Grading,
     old: &DeviceResults,
-    old_strict: bool,
+    old_grading: Grading,
 ) {
     let device = device_label(new);
     let old_cases: BTreeMap<&str, &CaseResult> =
@@ -323,8 +323,8 @@ fn compare_checks(
         for name in names {
             let now_check = case.checks.iter().find(|k| k.name == name);
             let old_check = old_checks.iter().find(|k| k.name == name);
-            let now = Standing::of(now_check, ran_now, new_strict);
-            let was = Standing::of(old_check, ran_before, old_strict);
+            let now = Standing::of(now_check, ran_now, new_grading);
+            let was = Standing::of(old_check, ran_before, old_grading);
             let record = now_check.or(old_check).expect("a name from one of the two");
             let change = |detail: String| CheckChange {
                 ids: record.ids.clone(),
@@ -389,7 +389,7 @@ fn compare_checks(
             continue;
         }
         for k in &old_case.checks {
-            let was = Standing::of(Some(k), true, old_strict);
+            let was = Standing::of(Some(k), true, old_grading);
             if was == Standing::NotRun {
                 continue;
             }
@@ -578,7 +578,7 @@ mod tests {
         for d in &r.devices {
             for c in &d.cases {
                 for k in &c.checks {
-                    let s = CheckStatus::of(k, r.meta.strict);
+                    let s = CheckStatus::of(k, r.meta.grading());
                     if matches!(
                         s,
                         CheckStatus::Fail

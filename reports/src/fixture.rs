@@ -117,6 +117,11 @@ fn check(
         observed: observed.into(),
         location: at,
         known_failure: None,
+        qemu: requirements()
+            .iter()
+            .filter(|r| ids.contains(&r.id.as_str()))
+            .filter_map(|r| r.qemu.as_ref().map(|q| q.effect))
+            .max(),
     }
 }
 
@@ -139,6 +144,63 @@ fn requirement(id: &str, strength: Strength, summary: &str, source: &str) -> Req
         strength,
         summary: summary.into(),
         source: source.into(),
+        qemu: Some(impact(id)),
+    }
+}
+
+/// QEMU impacts as the catalogue states them, one per effect the reports show.
+fn impact(id: &str) -> QemuImpact {
+    let (effect, via, why) = match id {
+        "V2-SAVE-02" => (
+            QemuEffect::Truncated,
+            "hw/vfio/migration.c: vfio_save_block()",
+            "ENOMSG reads as \"no data\": the device stream ends early & silently",
+        ),
+        "V2-PRECOPY-04" => (
+            QemuEffect::NeverConverges,
+            "hw/vfio/migration.c: vfio_state_pending_exact()",
+            "initial_bytes that never falls keeps the pending size above the threshold",
+        ),
+        "V2-PRECOPY-06" | "V2-PRECOPY-02" | "V2-SAVE-04" => (
+            QemuEffect::None,
+            "hw/vfio/migration.c: vfio_save_block()",
+            "QEMU treats ENOMSG and 0 alike",
+        ),
+        "V2-SIZE-03" => (
+            QemuEffect::Slower,
+            "hw/vfio/migration.c: vfio_state_pending_exact()",
+            "the downtime exceeds the limit",
+        ),
+        "KERNEL-02" | "V2-SAVE-01" => (
+            QemuEffect::NoSwitchover,
+            "hw/vfio/migration.c: vfio_save_complete_precopy()",
+            "a call that never returns keeps the guest paused",
+        ),
+        "V2-RESUME-03" | "V2-FSM-03" => (
+            QemuEffect::WrongState,
+            "hw/vfio/migration.c: vfio_load_state()",
+            "whatever the driver accepts is what the guest runs with",
+        ),
+        "V2-RESET-01" | "KERNEL-01" => (
+            QemuEffect::Aborts,
+            "hw/vfio/migration.c: vfio_migration_set_state()",
+            "a failed reset is hw_error()",
+        ),
+        id if id.starts_with("V1-") => (
+            QemuEffect::None,
+            "hw/vfio/migration.c: vfio_migration_init()",
+            "QEMU 8.0 and later speak only protocol v2",
+        ),
+        _ => (
+            QemuEffect::Fails,
+            "hw/vfio/migration.c: vfio_migration_set_state()",
+            "the SET fails and so does the migration",
+        ),
+    };
+    QemuImpact {
+        effect,
+        via: via.into(),
+        why: why.into(),
     }
 }
 
@@ -901,6 +963,7 @@ pub fn fixture() -> RunResults {
             seed: 42,
             strict: false,
             include_dangerous: true,
+            consumer: None,
             interrupted: None,
             notes: vec!["/dev/kmsg is not readable: kernel warnings are not watched".into()],
         },

@@ -13,11 +13,14 @@ use crate::diff::{CheckChange, Comparison};
 use crate::ktap::exit_code;
 use crate::stats::{human_bytes, human_duration, throughput, Spread};
 use crate::summary::{
-    case_id, check_message, device_slugs, first_failed_check, CheckStatus, OutcomeCounts,
-    ALL_OUTCOMES,
+    case_id, check_message, device_slugs, first_failed_check, impact_line, qemu_verdict,
+    CheckStatus, OutcomeCounts, ALL_OUTCOMES,
 };
 use charts::{Timeline, V1Chart};
-use results::{CaseResult, DeviceResults, Direction, Outcome, RunResults, StepReturn, Verdict};
+use results::{
+    CaseResult, DeviceResults, Direction, Grading, Outcome, Requirement, RunResults, StepReturn,
+    Verdict,
+};
 
 /// A failed case's step log starts open up to this many steps.
 const OPEN_STEP_LOG_MAX: usize = 200;
@@ -58,6 +61,8 @@ struct CheckRow {
     observed: String,
     location: String,
     known_failure: Option<String>,
+    /// What QEMU does with the deviation, for checks that did not pass.
+    qemu: Option<String>,
 }
 
 struct StepRow {
@@ -136,6 +141,10 @@ struct DeviceView {
     pills: Vec<Pill>,
     facts: Vec<Fact>,
     wedged: Option<String>,
+    /// Whether QEMU would migrate it (`o-pass` / `o-fail`) and why.
+    qemu_class: &'static str,
+    qemu_verdict: String,
+    qemu_harmless: Vec<String>,
     problems: Vec<Problem>,
     cases: Vec<CaseView>,
     latencies: Vec<LatencyRow>,
@@ -364,6 +373,7 @@ fn page(results: &RunResults) -> Page {
         fact("finished", or_dash(meta.finished.clone())),
         fact("seed", meta.seed.to_string()),
         fact("strict", if meta.strict { "yes" } else { "no" }),
+        fact("consumer", meta.consumer.map_or("none", |_| "qemu")),
         fact("version", meta.tool_version.clone()),
     ];
     if meta.include_dangerous {
@@ -378,6 +388,10 @@ fn page(results: &RunResults) -> Page {
         fact("finished", or_dash(meta.finished.clone())),
         fact("seed", meta.seed.to_string()),
         fact("strict", meta.strict.to_string()),
+        fact(
+            "consumer",
+            meta.consumer.map_or("none", |_| "qemu").to_string(),
+        ),
         fact("include dangerous", meta.include_dangerous.to_string()),
     ];
     let devices: Vec<DeviceView> = results
@@ -406,7 +420,8 @@ fn page(results: &RunResults) -> Page {
 }
 
 fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> DeviceView {
-    let strict = results.meta.strict;
+    let grading = results.meta.grading();
+    let verdict = qemu_verdict(device, &results.requirements);
     let counts = OutcomeCounts::of(&device.cases);
     let facts = vec![
         fact("driver", or_dash(device.driver.clone())),
@@ -462,7 +477,12 @@ fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> Devi
     ] {
         for c in device.cases.iter().filter(|c| c.outcome == outcome) {
             let message = match outcome {
-                Outcome::Fail | Outcome::Warn => first_failed_check(c).map(check_message),
+                Outcome::Fail | Outcome::Warn => {
+                    first_failed_check(c).map(|k| match impact_line(k, &results.requirements) {
+                        Some(line) => format!("{}; {line}", check_message(k)),
+                        None => check_message(k),
+                    })
+                }
                 Outcome::Timeout => match (&c.reason, &c.stuck_in) {
                     (Some(r), Some(s)) => Some(format!("{r}; stuck in {s}")),
                     (r, s) => r.clone().or(s.clone()),
@@ -530,11 +550,14 @@ fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> Devi
         pills: pills(&counts),
         facts,
         wedged: device.wedged.clone(),
+        qemu_class: if verdict.migrates { "o-pass" } else { "o-fail" },
+        qemu_verdict: verdict.line,
+        qemu_harmless: verdict.harmless,
         problems,
         cases: device
             .cases
             .iter()
-            .map(|c| case_view(c, slug, strict))
+            .map(|c| case_view(c, slug, grading, &results.requirements))
             .collect(),
         latencies,
         transfers,
@@ -542,12 +565,17 @@ fn device_view(device: &DeviceResults, slug: &str, results: &RunResults) -> Devi
     }
 }
 
-fn case_view(case: &CaseResult, slug: &str, strict: bool) -> CaseView {
+fn case_view(
+    case: &CaseResult,
+    slug: &str,
+    grading: Grading,
+    requirements: &[Requirement],
+) -> CaseView {
     let checks = case
         .checks
         .iter()
         .map(|c| {
-            let status = CheckStatus::of(c, strict);
+            let status = CheckStatus::of(c, grading);
             CheckRow {
                 name: c.name.clone(),
                 status: status.as_str(),
@@ -562,6 +590,9 @@ fn case_view(case: &CaseResult, slug: &str, strict: bool) -> CaseView {
                     .map(|l| l.to_string())
                     .unwrap_or_default(),
                 known_failure: c.known_failure.clone(),
+                qemu: (status != CheckStatus::Pass && status != CheckStatus::NotApplicable)
+                    .then(|| impact_line(c, requirements))
+                    .flatten(),
             }
         })
         .collect();
@@ -639,7 +670,7 @@ fn case_view(case: &CaseResult, slug: &str, strict: bool) -> CaseView {
 /// One row per catalogued requirement (then any cited ID the catalogue
 /// lacks), with per-device check counts; and how many rows were covered.
 fn requirement_rows(results: &RunResults, slugs: &[String]) -> (Vec<ReqRow>, usize) {
-    let strict = results.meta.strict;
+    let grading = results.meta.grading();
     let mut ids: Vec<(String, &'static str, String, String)> = results
         .requirements
         .iter()
@@ -693,7 +724,7 @@ fn requirement_rows(results: &RunResults, slugs: &[String]) -> (Vec<ReqRow>, usi
                                 Verdict::NotApplicable => cell.not_applicable += 1,
                                 Verdict::Fail => {
                                     cell.fail += 1;
-                                    let status = CheckStatus::of(check, strict);
+                                    let status = CheckStatus::of(check, grading);
                                     worst = Some(match worst {
                                         Some(w) if severity(w) >= severity(status) => w,
                                         _ => status,

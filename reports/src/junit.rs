@@ -15,8 +15,8 @@ use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, Te
 
 use crate::diff::Comparison;
 use crate::stats::{human_bytes, human_duration};
-use crate::summary::{check_message, first_failed_check, CheckStatus};
-use results::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults};
+use crate::summary::{check_message, first_failed_check, impact_line, qemu_verdict, CheckStatus};
+use results::{CaseResult, DeviceResults, Grading, Outcome, Requirement, RunMeta, RunResults};
 
 /// The run as a JUnit XML document.
 pub fn junit(results: &RunResults) -> String {
@@ -36,14 +36,14 @@ fn render(results: &RunResults, comparison: Option<&Comparison>) -> String {
     for device in &results.devices {
         let mut suite = TestSuite::new(device.spec.as_str());
         suite.add_properties(run_properties(&results.meta));
-        suite.add_properties(device_properties(device));
+        suite.add_properties(device_properties(device, &results.requirements));
         if let Some(c) = comparison {
             suite.add_properties(comparison_properties(c, device));
         }
         let mut total = 0u64;
         for case in &device.cases {
             total = total.saturating_add(case.duration_ns);
-            suite.add_test_case(test_case(device, case, results.meta.strict));
+            suite.add_test_case(test_case(device, case, results));
         }
         suite.set_time(Duration::from_nanos(total));
         report.add_test_suite(suite);
@@ -63,6 +63,10 @@ fn run_properties(meta: &RunMeta) -> Vec<Property> {
         Property::new("started", &meta.started),
         Property::new("seed", meta.seed.to_string()),
         Property::new("strict", meta.strict.to_string()),
+        Property::new(
+            "consumer",
+            meta.consumer.map_or("none", |_| "qemu").to_string(),
+        ),
         Property::new("command_line", meta.command_line.join(" ")),
     ];
     if let Some(finished) = &meta.finished {
@@ -110,7 +114,7 @@ fn comparison_properties(c: &Comparison, device: &DeviceResults) -> Vec<Property
     props
 }
 
-fn device_properties(device: &DeviceResults) -> Vec<Property> {
+fn device_properties(device: &DeviceResults, requirements: &[Requirement]) -> Vec<Property> {
     let mut props = vec![Property::new("device", &device.name)];
     let mut add = |name: &str, value: Option<String>| {
         if let Some(value) = value {
@@ -133,18 +137,27 @@ fn device_properties(device: &DeviceResults) -> Vec<Property> {
         add(&format!("peer.{role}"), Some(peer.clone()));
     }
     add("wedged", device.wedged.clone());
+    add(
+        "qemu.verdict",
+        Some(qemu_verdict(device, requirements).line),
+    );
     props
 }
 
-fn test_case(device: &DeviceResults, case: &CaseResult, strict: bool) -> TestCase {
+fn test_case(device: &DeviceResults, case: &CaseResult, results: &RunResults) -> TestCase {
+    let grading = results.meta.grading();
+    let requirements = &results.requirements;
     let reason = case.reason.clone().unwrap_or_default();
-    let first = first_failed_check(case).map(check_message);
+    let first = first_failed_check(case).map(|c| match impact_line(c, requirements) {
+        Some(line) => format!("{}; {line}", check_message(c)),
+        None => check_message(c),
+    });
     let non_success = |kind, ty: &str, message: String| {
         let mut status = TestCaseStatus::non_success(kind);
         status
             .set_type(ty)
             .set_message(message)
-            .set_description(failed_checks(case, strict));
+            .set_description(failed_checks(case, grading, requirements));
         status
     };
     let status = match case.outcome {
@@ -179,7 +192,7 @@ fn test_case(device: &DeviceResults, case: &CaseResult, strict: bool) -> TestCas
         .set_time(Duration::from_nanos(case.duration_ns))
         .set_assertions(case.checks.len());
     if case.outcome != Outcome::Ignored {
-        tc.set_system_out(system_out(case, strict));
+        tc.set_system_out(system_out(case, grading, requirements));
     }
     if !case.kernel_log.is_empty() {
         tc.set_system_err(case.kernel_log.join("\n") + "\n");
@@ -188,10 +201,10 @@ fn test_case(device: &DeviceResults, case: &CaseResult, strict: bool) -> TestCas
 }
 
 /// Every check that did not simply pass, in full.
-fn failed_checks(case: &CaseResult, strict: bool) -> String {
+fn failed_checks(case: &CaseResult, grading: Grading, requirements: &[Requirement]) -> String {
     let mut out = String::new();
     for check in &case.checks {
-        let status = CheckStatus::of(check, strict);
+        let status = CheckStatus::of(check, grading);
         if matches!(status, CheckStatus::Pass | CheckStatus::NotApplicable) {
             continue;
         }
@@ -202,6 +215,9 @@ fn failed_checks(case: &CaseResult, strict: bool) -> String {
             check.strength.as_str(),
             check_message(check)
         );
+        if let Some(line) = impact_line(check, requirements) {
+            let _ = writeln!(out, "  {line}");
+        }
         if let Some(known) = &check.known_failure {
             let _ = writeln!(out, "  known failure: {known}");
         }
@@ -209,7 +225,7 @@ fn failed_checks(case: &CaseResult, strict: bool) -> String {
     out
 }
 
-fn system_out(case: &CaseResult, strict: bool) -> String {
+fn system_out(case: &CaseResult, grading: Grading, requirements: &[Requirement]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{} ({}, {})", case.about, case.file, case.protocol);
     let _ = writeln!(out, "outcome: {}", case.outcome.as_str());
@@ -223,7 +239,7 @@ fn system_out(case: &CaseResult, strict: bool) -> String {
         let _ = writeln!(out, "seed: {seed}");
     }
     if matches!(case.outcome, Outcome::Warn | Outcome::Xfail | Outcome::Pass) {
-        out.push_str(&failed_checks(case, strict));
+        out.push_str(&failed_checks(case, grading, requirements));
     }
     for note in &case.notes {
         let _ = writeln!(out, "note: {note}");
@@ -235,7 +251,7 @@ fn system_out(case: &CaseResult, strict: bool) -> String {
         let _ = writeln!(
             out,
             "  {:<5} {:<6} {}",
-            CheckStatus::of(check, strict).as_str(),
+            CheckStatus::of(check, grading).as_str(),
             check.strength.as_str(),
             check_message(check)
         );
@@ -321,7 +337,7 @@ mod tests {
         assert_eq!(ty.as_deref(), Some("fail"));
         assert_eq!(
             message.as_deref(),
-            Some("V2-SAVE-02: expected read() >= 0 in STOP_COPY until end of stream, observed read(data_fd, 149) = -1 ENOMSG after 1043 of 8472 bytes (cases/v2/save-stop-copy-chunked.yaml:11:7)")
+            Some("V2-SAVE-02: expected read() >= 0 in STOP_COPY until end of stream, observed read(data_fd, 149) = -1 ENOMSG after 1043 of 8472 bytes (cases/v2/save-stop-copy-chunked.yaml:11:7); QEMU: device stream silently truncated (hw/vfio/migration.c: vfio_save_block())")
         );
         assert!(failed
             .system_err

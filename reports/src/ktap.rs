@@ -17,7 +17,9 @@
 
 use std::fmt::Write;
 
-use crate::summary::{case_id, device_slugs, one_line, CheckStatus, OutcomeCounts};
+use crate::summary::{
+    case_id, device_slugs, impact_line, one_line, qemu_verdict, CheckStatus, OutcomeCounts,
+};
 use results::{CaseResult, CheckRecord, Outcome, Requirement, RunResults};
 
 /// The kselftest exit codes (tools/testing/selftests/kselftest.h).
@@ -54,7 +56,12 @@ pub fn ktap(results: &RunResults) -> String {
             meta.kernel_release,
             meta.host,
             meta.seed,
-            if meta.strict { ", strict" } else { "" }
+            match (meta.strict, meta.consumer) {
+                (false, None) => "",
+                (true, None) => ", strict",
+                (false, Some(_)) => ", consumer qemu",
+                (true, Some(_)) => ", strict, consumer qemu",
+            }
         ),
     );
 
@@ -87,6 +94,22 @@ pub fn ktap(results: &RunResults) -> String {
                 &mut out,
                 0,
                 &format!("device {device_slug} wedged: {wedged}"),
+            );
+        }
+        let verdict = qemu_verdict(device, &results.requirements);
+        diag(
+            &mut out,
+            0,
+            &format!("device {device_slug}: {}", verdict.line),
+        );
+        if !verdict.harmless.is_empty() {
+            diag(
+                &mut out,
+                0,
+                &format!(
+                    "device {device_slug}: harmless to QEMU: {}",
+                    verdict.harmless.join(", ")
+                ),
             );
         }
         for case in &device.cases {
@@ -188,7 +211,7 @@ fn write_case(out: &mut String, number: usize, id: &str, case: &CaseResult, resu
             let warnings = case
                 .checks
                 .iter()
-                .filter(|c| CheckStatus::of(c, results.meta.strict) == CheckStatus::Warn)
+                .filter(|c| CheckStatus::of(c, results.meta.grading()) == CheckStatus::Warn)
                 .count();
             diag(
                 out,
@@ -211,7 +234,7 @@ fn write_check(out: &mut String, number: usize, check: &CheckRecord, results: &R
     // The requirement IDs are part of the name, so a lab's history of a
     // subtest is also the history of the rules it checks.
     let name = crate::summary::slug(&format!("{}__{}", check.name, check.ids.join("_")));
-    let status = CheckStatus::of(check, results.meta.strict);
+    let status = CheckStatus::of(check, results.meta.grading());
     let known = check.known_failure.as_deref().unwrap_or("");
     let (ok, label, directive) = match status {
         CheckStatus::Pass => (true, None, String::new()),
@@ -243,6 +266,9 @@ fn write_check(out: &mut String, number: usize, check: &CheckRecord, results: &R
         }
         diag(out, 1, &format!("  expected: {}", check.expected));
         diag(out, 1, &format!("  observed: {}", check.observed));
+        if let Some(line) = impact_line(check, &results.requirements) {
+            diag(out, 1, &format!("  {line}"));
+        }
         if let Some(at) = &check.location {
             diag(out, 1, &format!("  at: {at}"));
         }

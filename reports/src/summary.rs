@@ -1,7 +1,10 @@
 //! What every renderer needs to agree on: outcome counts, stable names,
 //! how a check is classified and how a failed check is described.
 
-use results::{CaseResult, CheckRecord, DeviceResults, Outcome, Strength, Verdict};
+use results::{
+    CaseResult, CheckRecord, DeviceResults, Grading, Outcome, QemuEffect, QemuImpact, Requirement,
+    Strength, Verdict,
+};
 
 /// How many cases ended with each outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,7 +181,8 @@ pub fn case_id(device_slug: &str, case: &CaseResult) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckStatus {
     Pass,
-    /// A MUST check failed (or a SHOULD one under `--strict`).
+    /// A MUST check failed (or a SHOULD one under `--strict`, or one that
+    /// breaks a QEMU migration under `--consumer qemu`).
     Fail,
     /// A SHOULD check failed.
     Warn,
@@ -192,16 +196,16 @@ pub enum CheckStatus {
 }
 
 impl CheckStatus {
-    pub fn of(check: &CheckRecord, strict: bool) -> CheckStatus {
+    pub fn of(check: &CheckRecord, grading: Grading) -> CheckStatus {
         match (check.verdict, &check.known_failure, check.strength) {
             (Verdict::NotApplicable, _, _) => CheckStatus::NotApplicable,
             (Verdict::Fail, Some(_), _) => CheckStatus::Xfail,
             (Verdict::Pass, Some(_), _) => CheckStatus::Xpass,
             (Verdict::Pass, None, _) => CheckStatus::Pass,
-            (Verdict::Fail, None, Strength::Must) => CheckStatus::Fail,
-            (Verdict::Fail, None, Strength::Should) if strict => CheckStatus::Fail,
+            (Verdict::Fail, None, _) if grading.fails(check) => CheckStatus::Fail,
             (Verdict::Fail, None, Strength::Should) => CheckStatus::Warn,
-            (Verdict::Fail, None, Strength::Df | Strength::Info) => CheckStatus::Note,
+            // DF and INFO (a MUST failure always fails).
+            (Verdict::Fail, None, _) => CheckStatus::Note,
         }
     }
 
@@ -238,6 +242,158 @@ pub fn first_failed_check(case: &CaseResult) -> Option<&CheckRecord> {
         })
 }
 
+/// The QEMU impact of a check: that of its worst requirement.
+pub fn qemu_impact<'r>(
+    check: &CheckRecord,
+    requirements: &'r [Requirement],
+) -> Option<&'r QemuImpact> {
+    check
+        .ids
+        .iter()
+        .filter_map(|id| requirements.iter().find(|r| &r.id == id)?.qemu.as_ref())
+        .max_by_key(|q| q.effect)
+}
+
+/// `QEMU: migration never converges (hw/vfio/migration.c: vfio_state_pending_exact())`.
+pub fn impact_line(check: &CheckRecord, requirements: &[Requirement]) -> Option<String> {
+    let q = qemu_impact(check, requirements)?;
+    Some(one_line(&format!(
+        "QEMU: {} ({})",
+        q.effect.as_str(),
+        q.via
+    )))
+}
+
+/// Whether QEMU would live-migrate a VM with this device, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuVerdict {
+    pub migrates: bool,
+    /// One line: the verdict and the finding that decides it.
+    pub line: String,
+    /// Deviations QEMU does not care about (or that only slow it), by ID.
+    pub harmless: Vec<String>,
+}
+
+/// The QEMU verdict of a device. The deciding finding is the first failed
+/// check (known failures included: QEMU does not read expectations files)
+/// whose rule breaks a QEMU migration, looking first at the cases that
+/// run QEMU's own sequences (`qemu/`), then at the others in run order. A
+/// hang or a kernel log line (KERNEL-01/02) decides only in a `qemu/` case:
+/// elsewhere it may come from a request QEMU never makes.
+pub fn qemu_verdict(device: &DeviceResults, requirements: &[Requirement]) -> QemuVerdict {
+    let mut harmless: Vec<String> = Vec::new();
+    let ran = device
+        .cases
+        .iter()
+        .any(|c| c.protocol == "v2" && c.outcome != Outcome::Ignored);
+    if !device.protocols.iter().any(|p| p == "v2") || !ran {
+        let why = if device.protocols.iter().any(|p| p == "v1") {
+            "it speaks only migration protocol v1, which QEMU removed in 8.0 (hw/vfio/migration.c: vfio_migration_init() asks for VFIO_DEVICE_FEATURE_MIGRATION)"
+        } else if device.protocols.is_empty() {
+            "it has no migration support (vfio_migration_realize() adds a migration blocker)"
+        } else {
+            "no protocol v2 case ran on it"
+        };
+        let migrates = false;
+        let line = if device.protocols.iter().any(|p| p == "v2") {
+            format!("QEMU verdict not decided: {why}")
+        } else {
+            format!("QEMU would not migrate this device: {why}")
+        };
+        return QemuVerdict {
+            migrates,
+            line,
+            harmless,
+        };
+    }
+    let ordered = device
+        .cases
+        .iter()
+        .filter(|c| in_qemu_group(c))
+        .chain(device.cases.iter().filter(|c| !in_qemu_group(c)));
+    let mut decisive: Option<(&CaseResult, &CheckRecord, &QemuImpact)> = None;
+    let mut breaking = 0usize;
+    for case in ordered {
+        let qemu_case = in_qemu_group(case);
+        for check in case.checks.iter().filter(|c| {
+            c.verdict == Verdict::Fail
+                && (qemu_case || !c.ids.iter().all(|id| id.starts_with("KERNEL-")))
+        }) {
+            match qemu_impact(check, requirements) {
+                Some(q) if q.effect.breaks_migration() => {
+                    breaking += 1;
+                    decisive.get_or_insert((case, check, q));
+                }
+                Some(q) if q.effect <= QemuEffect::Slower => {
+                    for id in &check.ids {
+                        if !harmless.contains(id) {
+                            harmless.push(id.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    harmless.sort();
+    let incomplete = device
+        .wedged
+        .as_deref()
+        .map(|w| format!("the device was wedged ({})", one_line(w)))
+        .or_else(|| {
+            let errors = device
+                .cases
+                .iter()
+                .filter(|c| c.outcome == Outcome::Error)
+                .count();
+            (errors > 0).then(|| format!("{errors} case(s) ended in a harness error"))
+        });
+    match (decisive, incomplete) {
+        (None, Some(why)) => QemuVerdict {
+            migrates: false,
+            line: format!(
+                "QEMU verdict not decided: no finding breaks a QEMU migration, but {why}"
+            ),
+            harmless,
+        },
+        (decisive, _) => match decisive {
+            Some((case, check, q)) => {
+                let others = breaking - 1;
+                let more = if others == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "; {others} more finding{} break{} it",
+                        if others == 1 { "" } else { "s" },
+                        if others == 1 { "s" } else { "" }
+                    )
+                };
+                QemuVerdict {
+                    migrates: false,
+                    line: one_line(&format!(
+                        "QEMU would not migrate this device: {} ({}), decided by {} in {}{more}",
+                        q.effect.as_str(),
+                        q.via,
+                        check_message(check),
+                        case.name
+                    )),
+                    harmless,
+                }
+            }
+            None => QemuVerdict {
+                migrates: true,
+                line: "QEMU would migrate this device: no finding breaks a QEMU migration".into(),
+                harmless,
+            },
+        },
+    }
+}
+
+/// Whether a case is one of QEMU's own sequences (`cases/qemu/`).
+fn in_qemu_group(case: &CaseResult) -> bool {
+    case.file.split('/').rev().nth(1) == Some("qemu")
+}
+
 /// `V2-SAVE-02: expected X, observed Y (cases/v2/x.yaml:14:7)`, on one line.
 pub fn check_message(check: &CheckRecord) -> String {
     let ids = if check.ids.is_empty() {
@@ -267,7 +423,7 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use results::SourceLoc;
+    use results::{QemuEffect, QemuImpact, Requirement, SourceLoc};
 
     fn device(spec: &str, name: &str) -> DeviceResults {
         DeviceResults {
@@ -344,6 +500,7 @@ mod tests {
                 column: 7,
             }),
             known_failure: known.map(String::from),
+            qemu: None,
         }
     }
 
@@ -351,7 +508,15 @@ mod tests {
     fn check_status_follows_strength_and_expectations() {
         use Strength::*;
         use Verdict::*;
-        let status = |s, v, k, strict| CheckStatus::of(&check(s, v, k), strict);
+        let status = |s, v, k, strict| {
+            CheckStatus::of(
+                &check(s, v, k),
+                Grading {
+                    strict,
+                    consumer: None,
+                },
+            )
+        };
         assert_eq!(status(Must, Fail, None, false), CheckStatus::Fail);
         assert_eq!(status(Should, Fail, None, false), CheckStatus::Warn);
         assert_eq!(status(Should, Fail, None, true), CheckStatus::Fail);
@@ -363,6 +528,97 @@ mod tests {
             CheckStatus::NotApplicable
         );
         assert_eq!(status(Must, Pass, None, false), CheckStatus::Pass);
+    }
+
+    fn requirement(id: &str, effect: QemuEffect, via: &str) -> Requirement {
+        Requirement {
+            id: id.into(),
+            strength: Strength::Should,
+            summary: String::new(),
+            source: String::new(),
+            qemu: Some(QemuImpact {
+                effect,
+                via: via.into(),
+                why: String::new(),
+            }),
+        }
+    }
+
+    fn failed(name: &str, id: &str, effect: QemuEffect) -> CheckRecord {
+        CheckRecord {
+            name: name.into(),
+            ids: vec![id.into()],
+            qemu: Some(effect),
+            ..check(Strength::Should, Verdict::Fail, None)
+        }
+    }
+
+    /// mtty on a kernel without CONFIG_IOMMUFD_DRIVER: START works, every
+    /// REPORT fails, precopy data ends with 0 instead of ENOMSG.
+    #[test]
+    fn qemu_verdict_names_the_deciding_finding_and_the_harmless_ones() {
+        let reqs = [
+            requirement(
+                "V2-PRECOPY-06",
+                QemuEffect::None,
+                "migration.c: vfio_save_block()",
+            ),
+            requirement(
+                "V2-LOG-06",
+                QemuEffect::Fails,
+                "listener.c: vfio_listener_log_sync()",
+            ),
+            requirement(
+                "V2-LOG-02",
+                QemuEffect::None,
+                "listener.c: vfio_devices_dma_logging_start()",
+            ),
+            requirement(
+                "KERNEL-02",
+                QemuEffect::NoSwitchover,
+                "migration.c: vfio_vmstate_change()",
+            ),
+        ];
+        let mut precopy = CaseResult::new("precopy", "v2/precopy.yaml", "v2");
+        precopy
+            .checks
+            .push(failed("enomsg", "V2-PRECOPY-06", QemuEffect::None));
+        let mut hang = CaseResult::new("stop-copy-to-pre-copy", "v2/fsm.yaml", "v2");
+        hang.checks
+            .push(failed("deadline", "KERNEL-02", QemuEffect::NoSwitchover));
+        let mut logging = CaseResult::new("dma-logging", "v2/dma-logging.yaml", "v2");
+        let mut known = failed("second-start", "V2-LOG-02", QemuEffect::None);
+        known.known_failure = Some("mtty keeps no state".into());
+        logging.checks.push(known);
+        let mut tracking = CaseResult::new("dirty-tracking", "qemu/dirty-tracking.yaml", "v2");
+        tracking
+            .checks
+            .push(failed("report", "V2-LOG-06", QemuEffect::Fails));
+        let mut device = DeviceResults {
+            protocols: vec!["v2".into()],
+            cases: vec![precopy, hang, logging.clone()],
+            ..DeviceResults::default()
+        };
+        let v = qemu_verdict(&device, &reqs);
+        assert!(v.migrates, "{v:?}");
+        assert_eq!(v.harmless, ["V2-LOG-02", "V2-PRECOPY-06"]);
+        device.cases.push(logging.clone());
+        device.cases.push(tracking);
+        let v = qemu_verdict(&device, &reqs);
+        assert!(!v.migrates);
+        assert!(
+            v.line.starts_with("QEMU would not migrate this device: migration fails with an error (listener.c: vfio_listener_log_sync()), decided by V2-LOG-06"),
+            "{}",
+            v.line
+        );
+        assert!(v.line.ends_with("in dirty-tracking"), "{}", v.line);
+        let v1 = DeviceResults {
+            protocols: vec!["v1".into()],
+            ..DeviceResults::default()
+        };
+        assert!(qemu_verdict(&v1, &reqs)
+            .line
+            .contains("only migration protocol v1"));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 use std::fmt::Write;
 
 use crate::ktap::exit_code;
-use crate::summary::{first_failed_check, one_line, CheckStatus, OutcomeCounts};
-use results::{CaseResult, CheckRecord, Outcome, Requirement, RunResults};
+use crate::summary::{
+    first_failed_check, impact_line, one_line, qemu_verdict, CheckStatus, OutcomeCounts,
+};
+use results::{CaseResult, CheckRecord, Grading, Outcome, Requirement, RunResults};
 
 /// Indent of the detail lines under a case, past its outcome label.
 const DETAIL: &str = "            ";
@@ -36,7 +38,17 @@ pub fn terminal_summary(results: &RunResults) -> String {
         }
         for case in &device.cases {
             total.add(case.outcome);
-            write_case(&mut out, case, &results.requirements, results.meta.strict);
+            write_case(
+                &mut out,
+                case,
+                &results.requirements,
+                results.meta.grading(),
+            );
+        }
+        let verdict = qemu_verdict(device, &results.requirements);
+        let _ = writeln!(out, "  {}", verdict.line);
+        if !verdict.harmless.is_empty() {
+            let _ = writeln!(out, "  harmless to QEMU: {}", verdict.harmless.join(", "));
         }
     }
     if let Some(reason) = &results.meta.interrupted {
@@ -60,7 +72,7 @@ pub fn terminal_summary(results: &RunResults) -> String {
 /// Checks shown in full under a case; the rest are counted.
 const SHOWN_CHECKS: usize = 3;
 
-fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement], strict: bool) {
+fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement], grading: Grading) {
     let label = match case.outcome {
         Outcome::Fail => "FAIL",
         Outcome::Warn => "WARN",
@@ -83,7 +95,7 @@ fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement],
     if let Some(stuck) = &case.stuck_in {
         let _ = writeln!(out, "{DETAIL}stuck in: {}", one_line(stuck));
     }
-    let explaining = explaining_checks(case, strict);
+    let explaining = explaining_checks(case, grading);
     let checks = if explaining.is_empty() {
         first_failed_check(case).into_iter().collect()
     } else {
@@ -100,6 +112,9 @@ fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement],
         }
         let _ = writeln!(out, "{DETAIL}expected: {}", one_line(&check.expected));
         let _ = writeln!(out, "{DETAIL}observed: {}", one_line(&check.observed));
+        if let Some(line) = impact_line(check, requirements) {
+            let _ = writeln!(out, "{DETAIL}{line}");
+        }
         if let Some(at) = &check.location {
             let _ = writeln!(out, "{DETAIL}at: {at}");
         }
@@ -116,13 +131,13 @@ fn write_case(out: &mut String, case: &CaseResult, requirements: &[Requirement],
 
 /// The checks behind a case's outcome: failed ones, then warnings, then
 /// the ones that passed against expectations.
-fn explaining_checks(case: &CaseResult, strict: bool) -> Vec<&CheckRecord> {
+fn explaining_checks(case: &CaseResult, grading: Grading) -> Vec<&CheckRecord> {
     [CheckStatus::Fail, CheckStatus::Warn, CheckStatus::Xpass]
         .into_iter()
         .flat_map(|want| {
             case.checks
                 .iter()
-                .filter(move |c| CheckStatus::of(c, strict) == want)
+                .filter(move |c| CheckStatus::of(c, grading) == want)
         })
         .collect()
 }

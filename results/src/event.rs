@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    CaseResult, CheckRecord, Outcome, SourceLoc, StepRecord, Strength, Transfer, V1Iteration,
-    Verdict,
+    CaseResult, CheckRecord, Grading, Outcome, SourceLoc, StepRecord, Strength, Transfer,
+    V1Iteration, Verdict,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,9 +136,9 @@ impl CaseFold {
     }
 
     /// The case result with its outcome decided from the checks.
-    pub fn finish(mut self, strict: bool) -> CaseResult {
+    pub fn finish(mut self, grading: Grading) -> CaseResult {
         self.result.steps.extend(self.tail.drain(..));
-        self.result.outcome = case_outcome(&self.result.checks, strict);
+        self.result.outcome = case_outcome(&self.result.checks, grading);
         if let Some(message) = self.harness_error.take() {
             if !self.result.outcome.is_failure() {
                 self.result.outcome = Outcome::Error;
@@ -150,14 +150,18 @@ impl CaseFold {
 }
 
 /// A case fails on any failed MUST check; SHOULD failures warn (fail under
-/// `--strict`); DF and INFO deviations are notes and never fail.
-pub fn case_outcome(checks: &[CheckRecord], strict: bool) -> Outcome {
+/// `--strict`); DF and INFO deviations are notes. Under `--consumer qemu`
+/// any failed check whose rule breaks a QEMU migration fails too.
+pub fn case_outcome(checks: &[CheckRecord], grading: Grading) -> Outcome {
     let failed = |s: Strength| {
         checks
             .iter()
             .any(|c| c.verdict == Verdict::Fail && c.strength == s)
     };
-    if failed(Strength::Must) || (strict && failed(Strength::Should)) {
+    if checks
+        .iter()
+        .any(|c| c.verdict == Verdict::Fail && grading.fails(c))
+    {
         Outcome::Fail
     } else if failed(Strength::Should) {
         Outcome::Warn
@@ -169,7 +173,7 @@ pub fn case_outcome(checks: &[CheckRecord], strict: bool) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::StepReturn;
+    use crate::model::{QemuEffect, StepReturn};
 
     fn check(strength: Strength, verdict: Verdict) -> CheckRecord {
         CheckRecord {
@@ -181,6 +185,7 @@ mod tests {
             observed: String::new(),
             location: None,
             known_failure: None,
+            qemu: None,
         }
     }
 
@@ -203,16 +208,54 @@ mod tests {
     fn outcome_follows_strength() {
         use Strength::*;
         use Verdict::*;
-        assert_eq!(case_outcome(&[check(Must, Pass)], false), Outcome::Pass);
-        assert_eq!(case_outcome(&[check(Must, Fail)], false), Outcome::Fail);
-        assert_eq!(case_outcome(&[check(Should, Fail)], false), Outcome::Warn);
-        assert_eq!(case_outcome(&[check(Should, Fail)], true), Outcome::Fail);
-        assert_eq!(case_outcome(&[check(Df, Fail)], true), Outcome::Pass);
-        assert_eq!(case_outcome(&[check(Info, Fail)], false), Outcome::Pass);
+        let plain = Grading::default();
+        let strict = Grading {
+            strict: true,
+            consumer: None,
+        };
+        assert_eq!(case_outcome(&[check(Must, Pass)], plain), Outcome::Pass);
+        assert_eq!(case_outcome(&[check(Must, Fail)], plain), Outcome::Fail);
+        assert_eq!(case_outcome(&[check(Should, Fail)], plain), Outcome::Warn);
+        assert_eq!(case_outcome(&[check(Should, Fail)], strict), Outcome::Fail);
+        assert_eq!(case_outcome(&[check(Df, Fail)], strict), Outcome::Pass);
+        assert_eq!(case_outcome(&[check(Info, Fail)], plain), Outcome::Pass);
         assert_eq!(
-            case_outcome(&[check(Must, NotApplicable)], false),
+            case_outcome(&[check(Must, NotApplicable)], plain),
             Outcome::Pass
         );
+    }
+
+    #[test]
+    fn consumer_qemu_fails_what_breaks_a_qemu_migration() {
+        use Strength::*;
+        let qemu = Grading {
+            strict: false,
+            consumer: Some(crate::model::Consumer::Qemu),
+        };
+        let with = |strength, verdict, effect| CheckRecord {
+            qemu: Some(effect),
+            ..check(strength, verdict)
+        };
+        let never = with(Should, Verdict::Fail, QemuEffect::NeverConverges);
+        let harmless = with(Should, Verdict::Fail, QemuEffect::None);
+        let slower = with(Df, Verdict::Fail, QemuEffect::Slower);
+        let aborts_df = with(Df, Verdict::Fail, QemuEffect::Aborts);
+        assert_eq!(
+            case_outcome(std::slice::from_ref(&never), Grading::default()),
+            Outcome::Warn
+        );
+        assert_eq!(
+            case_outcome(std::slice::from_ref(&never), qemu),
+            Outcome::Fail
+        );
+        assert_eq!(
+            case_outcome(std::slice::from_ref(&harmless), qemu),
+            Outcome::Warn
+        );
+        assert_eq!(case_outcome(&[slower], qemu), Outcome::Pass);
+        assert_eq!(case_outcome(&[aborts_df], qemu), Outcome::Fail);
+        let passed = with(Should, Verdict::Pass, QemuEffect::NeverConverges);
+        assert_eq!(case_outcome(&[passed, harmless], qemu), Outcome::Warn);
     }
 
     #[test]
@@ -222,7 +265,7 @@ mod tests {
         for i in 0..n {
             fold.apply(Event::Step(step(i)));
         }
-        let result = fold.finish(false);
+        let result = fold.finish(Grading::default());
         assert_eq!(result.steps.len(), MAX_LOGGED_STEPS);
         assert_eq!(result.steps_elided, 500);
         assert_eq!(result.steps[0].index, 0);

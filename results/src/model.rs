@@ -32,6 +32,9 @@ pub struct RunMeta {
     /// SHOULD failures count as failures.
     pub strict: bool,
     pub include_dangerous: bool,
+    /// `--consumer`: whose migration the grading speaks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<Consumer>,
     /// Set when the run stopped early (signal), with the reason.
     pub interrupted: Option<String>,
     /// What the run could not do or check (no readable /dev/kmsg, ...).
@@ -68,6 +71,98 @@ pub struct Requirement {
     pub summary: String,
     /// Where the rule comes from (`include/uapi/linux/vfio.h: ...`).
     pub source: String,
+    /// What QEMU does when a driver breaks the rule (absent in results
+    /// written before impacts were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuImpact>,
+}
+
+/// What QEMU does with a driver that breaks a rule: the worst a QEMU
+/// release with migration protocol v2 (8.0 on) does, read from its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuImpact {
+    pub effect: QemuEffect,
+    /// The QEMU function(s) the effect comes from (`hw/vfio/migration.c: vfio_save_block()`).
+    pub via: String,
+    /// How, and which QEMU versions behave how.
+    pub why: String,
+}
+
+/// QEMU's effects, from harmless to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QemuEffect {
+    /// QEMU never relies on the rule.
+    None,
+    /// The migration completes, later or with a longer downtime.
+    Slower,
+    /// The pending size stays above the downtime threshold.
+    NeverConverges,
+    /// The switchover (or the end of the stop-and-copy phase) never comes.
+    NoSwitchover,
+    /// The migration fails with an error; the guest keeps running on the source.
+    Fails,
+    /// The device stream ends early without an error.
+    Truncated,
+    /// The destination guest runs with a device state that is not the source's.
+    WrongState,
+    /// QEMU aborts (hw_error()) or its thread dies in the kernel.
+    Aborts,
+}
+
+impl QemuEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QemuEffect::None => "no effect",
+            QemuEffect::Slower => "slower",
+            QemuEffect::NeverConverges => "migration never converges",
+            QemuEffect::NoSwitchover => "switchover never happens",
+            QemuEffect::Fails => "migration fails with an error",
+            QemuEffect::Truncated => "device stream silently truncated",
+            QemuEffect::WrongState => "destination guest gets wrong device state",
+            QemuEffect::Aborts => "QEMU aborts",
+        }
+    }
+
+    /// Whether a QEMU migration with this deviation does not succeed.
+    pub fn breaks_migration(self) -> bool {
+        self > QemuEffect::Slower
+    }
+}
+
+/// The consumer of the migration uAPI a run grades for (`--consumer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consumer {
+    /// A deviation that breaks a QEMU migration fails, whatever its strength.
+    Qemu,
+}
+
+/// How failed checks count: `--strict` and `--consumer` together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Grading {
+    /// SHOULD failures count as failures.
+    pub strict: bool,
+    pub consumer: Option<Consumer>,
+}
+
+impl Grading {
+    /// Whether a failed check that no expectations file lists fails its case.
+    pub fn fails(self, check: &CheckRecord) -> bool {
+        check.strength == Strength::Must
+            || (self.strict && check.strength == Strength::Should)
+            || (self.consumer == Some(Consumer::Qemu)
+                && check.qemu.is_some_and(QemuEffect::breaks_migration))
+    }
+}
+
+impl RunMeta {
+    pub fn grading(&self) -> Grading {
+        Grading {
+            strict: self.strict,
+            consumer: self.consumer,
+        }
+    }
 }
 
 /// One device under test and every case run on it.
@@ -277,6 +372,9 @@ pub struct CheckRecord {
     pub location: Option<SourceLoc>,
     /// Set by an expectations file: this failure is known, with the reason.
     pub known_failure: Option<String>,
+    /// The worst QEMU effect among `ids`' requirements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuEffect>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -161,7 +161,7 @@ fn run_case<'d>(
         &mut |e| sink.apply(e),
     );
     let took = t0.elapsed();
-    (sink.fold.finish(false), took)
+    (sink.fold.finish(results::Grading::default()), took)
 }
 
 /// Bytes of the (single) save transfer of a case.

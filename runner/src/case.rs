@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use results::{CaseFold, CaseResult, CheckRecord, Event, Outcome, Strength, Verdict};
+use results::{CaseFold, CaseResult, CheckRecord, Event, Grading, Outcome, Strength, Verdict};
 use suite::device::{DeviceDescription, DeviceSpec};
 use suite::exec::DeviceCaps;
 use suite::scenario::Scenario;
@@ -25,7 +25,8 @@ pub struct Harness {
     pub seed: u64,
     pub buffer_size: usize,
     pub include_dangerous: bool,
-    pub strict: bool,
+    /// `--strict` and `--consumer`.
+    pub grading: Grading,
     pub kill: KillPolicy,
     /// Deadline of a probe or a restore.
     pub device_timeout: Duration,
@@ -253,7 +254,7 @@ pub fn run_case(
     let mut child = match ChildProc::spawn(cmd, Some(text.as_bytes())) {
         Ok(c) => c,
         Err(e) => {
-            let mut result = fold.finish(h.strict);
+            let mut result = fold.finish(h.grading);
             result.outcome = Outcome::Error;
             result.reason = Some(format!("cannot start {}: {e}", h.exe.display()));
             return CaseRun {
@@ -321,7 +322,7 @@ pub fn run_case(
 
     let stuck_in = fold.in_flight.clone();
     let finished = fold.finished;
-    let mut result = fold.finish(h.strict);
+    let mut result = fold.finish(h.grading);
     if result.duration_ns == 0 {
         result.duration_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     }
@@ -412,5 +413,6 @@ fn deadline_check(stuck_in: &Option<String>, timeout: Duration) -> CheckRecord {
         },
         location: None,
         known_failure: None,
+        qemu: suite::requirements::qemu_effect(&["KERNEL-02"]),
     }
 }

@@ -178,6 +178,10 @@ pub struct RunArgs {
     /// SHOULD failures fail the case.
     #[arg(long)]
     pub strict: bool,
+    /// Grade for a consumer of the uAPI: with `qemu`, every deviation that
+    /// breaks a QEMU migration fails its case, whatever its strength.
+    #[arg(long, value_enum, value_name = "CONSUMER")]
+    pub consumer: Option<ConsumerArg>,
     /// Known failures of the driver under test (YAML, see
     /// expectations/README.md): a listed failure is XFAIL, a listed one
     /// that no longer happens is XPASS. Repeatable.
@@ -682,5 +686,20 @@ mod tests {
             e.starts_with("VFIO_MIGTEST_DEVICES: device spec `eth0`"),
             "{e}"
         );
+    }
+}
+
+/// `--consumer`: whose migration the grading speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsumerArg {
+    /// QEMU (hw/vfio/migration.c): see the `qemu:` impacts in suite/requirements.yaml.
+    Qemu,
+}
+
+impl From<ConsumerArg> for results::Consumer {
+    fn from(c: ConsumerArg) -> results::Consumer {
+        match c {
+            ConsumerArg::Qemu => results::Consumer::Qemu,
+        }
     }
 }

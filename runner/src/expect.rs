@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use results::{
-    case_outcome, CaseResult, CheckRecord, DeviceResults, Outcome, SourceLoc, Strength, Verdict,
+    case_outcome, CaseResult, CheckRecord, DeviceResults, Grading, Outcome, SourceLoc, Strength,
+    Verdict,
 };
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -292,12 +293,12 @@ fn cite(entries: &[&Known], which: impl Iterator<Item = usize>) -> String {
 }
 
 /// The case with the expectations that apply to `device` applied (see the
-/// module documentation). `strict` is the run's `--strict`.
+/// module documentation). `grading` is the run's `--strict` and `--consumer`.
 pub fn apply(
     expectations: &Expectations,
     device: &DeviceResults,
     mut case: CaseResult,
-    strict: bool,
+    grading: Grading,
 ) -> CaseResult {
     let entries: Vec<&Known> = expectations
         .files
@@ -322,7 +323,7 @@ pub fn apply(
         for (i, k) in entries.iter().enumerate() {
             if k.covers(&case.name, check) {
                 met[i] = true;
-                counted[i] |= matches!(check.strength, Strength::Must | Strength::Should);
+                counted[i] |= check.strength == Strength::Should || grading.fails(check);
                 first.get_or_insert(i);
             }
         }
@@ -363,7 +364,7 @@ pub fn apply(
         .filter(|c| c.known_failure.is_none())
         .cloned()
         .collect();
-    let rest = case_outcome(&unknown, strict);
+    let rest = case_outcome(&unknown, grading);
     if rest == Outcome::Fail {
         case.outcome = Outcome::Fail;
     } else if !unmet.is_empty() {
@@ -380,12 +381,12 @@ pub fn apply(
 
 /// The case as it was before any expectations were applied (for `report
 /// --expect`, which replaces the run's expectations).
-pub fn clear(mut case: CaseResult, strict: bool) -> CaseResult {
+pub fn clear(mut case: CaseResult, grading: Grading) -> CaseResult {
     for check in &mut case.checks {
         check.known_failure = None;
     }
     if matches!(case.outcome, Outcome::Xfail | Outcome::Xpass) {
-        case.outcome = case_outcome(&case.checks, strict);
+        case.outcome = case_outcome(&case.checks, grading);
         case.reason = None;
     }
     case
@@ -478,13 +479,18 @@ known:
             observed: "y".into(),
             location: None,
             known_failure: None,
+            qemu: None,
         }
     }
 
     /// A folded case: outcome from its checks, as `CaseFold::finish` does.
     fn case(name: &str, checks: Vec<CheckRecord>, strict: bool) -> CaseResult {
+        let grading = Grading {
+            strict,
+            consumer: None,
+        };
         let mut c = CaseResult::new(name, &format!("v2/{name}.yaml"), "v2");
-        c.outcome = case_outcome(&checks, strict);
+        c.outcome = case_outcome(&checks, grading);
         c.checks = checks;
         c
     }
@@ -598,7 +604,11 @@ known:
         let e = expectations(FILE);
         for row in rows {
             let before = case(row.case, row.checks, row.strict);
-            let after = apply(&e, &device("mtty"), before.clone(), row.strict);
+            let grading = Grading {
+                strict: row.strict,
+                consumer: None,
+            };
+            let after = apply(&e, &device("mtty"), before.clone(), grading);
             assert_eq!(after.outcome, row.outcome, "{}", row.what);
             assert_eq!(after.reason.as_deref(), row.reason, "{}", row.what);
             // Failed checks an entry covers are marked, and only they.
@@ -611,7 +621,7 @@ known:
                 assert_eq!(a.verdict, b.verdict);
             }
             // Applying is undone by clear().
-            assert_eq!(clear(after, row.strict), before, "{}", row.what);
+            assert_eq!(clear(after, grading), before, "{}", row.what);
         }
     }
 
@@ -624,18 +634,26 @@ known:
             false,
         );
         assert_eq!(
-            apply(&e, &device("mlx5_vfio_pci"), failed.clone(), false),
+            apply(
+                &e,
+                &device("mlx5_vfio_pci"),
+                failed.clone(),
+                Grading::default()
+            ),
             failed
         );
         let mut no_driver = device("mtty");
         no_driver.driver = None;
-        assert_eq!(apply(&e, &no_driver, failed.clone(), false), failed);
+        assert_eq!(
+            apply(&e, &no_driver, failed.clone(), Grading::default()),
+            failed
+        );
 
         for outcome in [Outcome::Timeout, Outcome::Error, Outcome::Ignored] {
             let mut c = failed.clone();
             c.outcome = outcome;
             c.reason = Some("did not finish within 1s".into());
-            let after = apply(&e, &device("mtty"), c.clone(), false);
+            let after = apply(&e, &device("mtty"), c.clone(), Grading::default());
             assert_eq!(after.outcome, outcome);
             assert_eq!(after.reason, c.reason);
             // The failure is still shown as known.
@@ -645,14 +663,14 @@ known:
         let mut cut = failed.clone();
         cut.reason = Some("the case process ended before the case finished".into());
         assert_eq!(
-            apply(&e, &device("mtty"), cut, false).outcome,
+            apply(&e, &device("mtty"), cut, Grading::default()).outcome,
             Outcome::Fail
         );
         // Nothing ran: not an XPASS either.
         let mut ignored = case("dma-logging", vec![], false);
         ignored.outcome = Outcome::Ignored;
         assert_eq!(
-            apply(&e, &device("mtty"), ignored, false).outcome,
+            apply(&e, &device("mtty"), ignored, Grading::default()).outcome,
             Outcome::Ignored
         );
     }
@@ -674,13 +692,19 @@ known:
             vec![check("a", "V2-LOG-02", Must, Fail)],
             false,
         );
-        assert_eq!(apply(&e, &device("mtty"), c, false).outcome, Outcome::Xfail);
+        assert_eq!(
+            apply(&e, &device("mtty"), c, Grading::default()).outcome,
+            Outcome::Xfail
+        );
         let c = case(
             "fresh-device",
             vec![check("a", "V2-FSM-01", Must, Pass)],
             false,
         );
-        assert_eq!(apply(&e, &device("mtty"), c, false).outcome, Outcome::Pass);
+        assert_eq!(
+            apply(&e, &device("mtty"), c, Grading::default()).outcome,
+            Outcome::Pass
+        );
         // Case-only: every failed check of the case is known.
         let c = case(
             "precopy",
@@ -690,7 +714,7 @@ known:
             ],
             false,
         );
-        let after = apply(&e, &device("mtty"), c, false);
+        let after = apply(&e, &device("mtty"), c, Grading::default());
         assert_eq!(after.outcome, Outcome::Xfail);
         assert_eq!(
             after.reason.as_deref(),
@@ -701,7 +725,10 @@ known:
             vec![check("a", "V2-PRECOPY-08", Must, Pass)],
             false,
         );
-        assert_eq!(apply(&e, &device("mtty"), c, false).outcome, Outcome::Xpass);
+        assert_eq!(
+            apply(&e, &device("mtty"), c, Grading::default()).outcome,
+            Outcome::Xpass
+        );
     }
 
     #[test]
@@ -717,7 +744,7 @@ known:
             vec![check("s1", "V2-FSM-01", Df, Fail)],
             false,
         );
-        let after = apply(&e, &device("mtty"), c, false);
+        let after = apply(&e, &device("mtty"), c, Grading::default());
         assert_eq!(after.outcome, Outcome::Pass);
         assert!(after.checks[0].known_failure.is_some());
     }

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use results::{CaseResult, Outcome, Verdict};
+use results::{CaseResult, Grading, Outcome, Verdict};
 use serde::Serialize;
 use suite::device::sim::{catalogue, Expected, Fault, FaultInfo};
 use suite::device::DeviceSpec;
@@ -412,7 +412,7 @@ pub fn faults(args: &FaultsArgs) -> Result<i32> {
         seed: args.seed,
         buffer_size: 1 << 20,
         include_dangerous: true,
-        strict: false,
+        grading: Grading::default(),
         kill: KillPolicy::default(),
         device_timeout: DEVICE_TIMEOUT,
         grace: CASE_GRACE,
@@ -576,6 +576,7 @@ mod tests {
                 observed: String::new(),
                 location: None,
                 known_failure: None,
+                qemu: None,
             });
         }
         r

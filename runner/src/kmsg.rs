@@ -228,6 +228,7 @@ pub fn verdict(records: &[Record]) -> (CheckRecord, Vec<String>) {
         observed,
         location: None,
         known_failure: None,
+        qemu: suite::requirements::qemu_effect(&["KERNEL-01"]),
     };
     let mut lines: Vec<String> = records
         .iter()

@@ -236,12 +236,12 @@ fn reapply(results: &mut results::RunResults, paths: &[std::path::PathBuf]) -> R
         }
         Usage(format!("{} invalid expectations file(s)", errors.len()))
     })?;
-    let strict = results.meta.strict;
+    let grading = results.meta.grading();
     for device in &mut results.devices {
         let cases = std::mem::take(&mut device.cases);
         device.cases = cases
             .into_iter()
-            .map(|c| expect::apply(&expectations, device, expect::clear(c, strict), strict))
+            .map(|c| expect::apply(&expectations, device, expect::clear(c, grading), grading))
             .collect();
     }
     results

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use results::Grading;
 use serde::{Deserialize, Serialize};
 use suite::device::kernel::{discover, Discovered};
 use suite::device::{Access, DeviceSpec};
@@ -196,7 +197,7 @@ fn harness(timeout: Duration) -> Result<Harness> {
         seed: 0,
         buffer_size: 1 << 20,
         include_dangerous: false,
-        strict: false,
+        grading: Grading::default(),
         kill: KillPolicy::default(),
         device_timeout: timeout,
         grace: Duration::ZERO,

@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use libtest_mimic::{Completion, Failed, Trial};
 use reports::summary::CheckStatus;
-use results::{CaseResult, DeviceResults, Outcome, RunMeta, RunResults, Verdict};
+use results::{
+    CaseResult, Consumer, DeviceResults, Grading, Outcome, RunMeta, RunResults, Verdict,
+};
 use serde::Deserialize;
 use suite::device::{DeviceDescription, DeviceSpec};
 use suite::exec::{self, DeviceCaps, RunSettings};
@@ -262,7 +264,7 @@ impl Ctx {
             &self.expectations,
             &self.devices[self.plans[i].device],
             result,
-            self.harness.strict,
+            self.harness.grading,
         );
         let device = self.device_specs[self.plans[i].device].to_string();
         let line = JournalLine::Case {
@@ -279,7 +281,7 @@ impl Ctx {
             Outcome::Ignored => Ok(Completion::ignored_with(
                 result.reason.clone().unwrap_or_default(),
             )),
-            _ => Err(Failed::from(failure_text(&result, self.harness.strict))),
+            _ => Err(Failed::from(failure_text(&result, self.harness.grading))),
         };
         lock(&self.results)[i] = Some(result);
         verdict
@@ -293,7 +295,7 @@ fn interrupted() -> Option<String> {
 /// The outcome, why, and the first checks that explain it (failed ones,
 /// or for XPASS the ones that passed against expectations), each with the
 /// rule it cites, for libtest-mimic's failure list.
-fn failure_text(r: &CaseResult, strict: bool) -> String {
+fn failure_text(r: &CaseResult, grading: Grading) -> String {
     let mut out = r.outcome.as_str().to_uppercase();
     if let Some(reason) = &r.reason {
         out.push_str(": ");
@@ -301,7 +303,7 @@ fn failure_text(r: &CaseResult, strict: bool) -> String {
     }
     let explains = |c: &&results::CheckRecord| {
         matches!(
-            CheckStatus::of(c, strict),
+            CheckStatus::of(c, grading),
             CheckStatus::Fail | CheckStatus::Xpass
         )
     };
@@ -327,6 +329,9 @@ fn failure_text(r: &CaseResult, strict: bool) -> String {
                     req.summary
                 ));
             }
+        }
+        if let Some(line) = reports::summary::impact_line(c, suite::requirements::all()) {
+            out.push_str(&format!("\n    {line}"));
         }
     }
     if shown.len() > 3 {
@@ -496,6 +501,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         seed,
         strict: args.strict,
         include_dangerous: args.dangerous_allowed(),
+        consumer: args.consumer.map(Consumer::from),
         interrupted: None,
         notes: Vec::new(),
     };
@@ -528,7 +534,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         seed,
         buffer_size: args.buffer_size,
         include_dangerous: args.dangerous_allowed(),
-        strict: args.strict,
+        grading: Grading {
+            strict: args.strict,
+            consumer: args.consumer.map(Consumer::from),
+        },
         kill: KillPolicy::default(),
         device_timeout: DEVICE_TIMEOUT,
         grace: CASE_GRACE,
@@ -917,7 +926,7 @@ mod tests {
         r.outcome = Outcome::Fail;
         r.checks
             .push(kmsg::verdict(&[kmsg::parse("4,1,1,-;WARNING: x").unwrap()]).0);
-        let text = failure_text(&r, false);
+        let text = failure_text(&r, Grading::default());
         assert!(
             text.starts_with("FAIL\n  kernel-log [KERNEL-01]: expected"),
             "{text}"
@@ -937,7 +946,7 @@ mod tests {
         fixed.name = "s8-result".into();
         fixed.known_failure = Some("mtty_log_start() returns 0".into());
         r.checks.push(fixed);
-        let text = failure_text(&r, false);
+        let text = failure_text(&r, Grading::default());
         assert!(
             text.starts_with(
                 "XPASS: mtty.yaml:3:5: mtty_log_start() returns 0\n  s8-result [KERNEL-01]"

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use results::Grading;
 use suite::device::DeviceSpec;
 use suite::migrate::{self, fail, Fail, Failure, Job, Origin, Report, ResumeOptions, SaveSummary};
 use suite::savefile::{self, SaveHeader};
@@ -383,7 +384,7 @@ fn reset_after_kill(spec: &DeviceSpec) {
         seed: 0,
         buffer_size: 1 << 20,
         include_dangerous: false,
-        strict: false,
+        grading: Grading::default(),
         kill: KillPolicy::default(),
         device_timeout: Duration::from_secs(30),
         grace: Duration::ZERO,

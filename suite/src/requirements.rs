@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-pub use results::{Requirement, Strength};
+pub use results::{QemuEffect, Requirement, Strength};
 
 const CATALOGUE: &str = include_str!("../requirements.yaml");
 
@@ -17,6 +17,14 @@ pub fn all() -> &'static [Requirement] {
 
 pub fn find(id: &str) -> Option<&'static Requirement> {
     all().iter().find(|r| r.id == id)
+}
+
+/// The worst QEMU effect among the requirements `ids` names.
+pub fn qemu_effect<S: AsRef<str>>(ids: &[S]) -> Option<QemuEffect> {
+    ids.iter()
+        .filter_map(|id| find(id.as_ref())?.qemu.as_ref())
+        .map(|q| q.effect)
+        .max()
 }
 
 #[cfg(test)]
@@ -35,5 +43,29 @@ mod tests {
         assert_eq!(find("V2-PRECOPY-06").unwrap().strength, Strength::Should);
         assert_eq!(find("V1-SAVE-05").unwrap().strength, Strength::Info);
         assert!(find("V9-NOPE-01").is_none());
+    }
+
+    /// Every rule says what QEMU does when a driver breaks it, from which
+    /// QEMU function: a requirement added without it fails here.
+    #[test]
+    fn every_requirement_has_a_qemu_impact_with_its_source() {
+        for r in all() {
+            let q = r.qemu.as_ref().unwrap_or_else(|| {
+                panic!("{}: no `qemu:` impact in suite/requirements.yaml", r.id)
+            });
+            assert!(
+                q.via.contains(".c: ") && q.via.contains("()"),
+                "{}: `via` must name a QEMU source file and function, got {:?}",
+                r.id,
+                q.via
+            );
+            assert!(q.why.len() > 20, "{}: `why` must say how", r.id);
+        }
+        assert_eq!(
+            qemu_effect(&["V2-PRECOPY-06", "V2-SAVE-02"]),
+            Some(QemuEffect::Truncated)
+        );
+        assert_eq!(qemu_effect(&["V2-PRECOPY-06"]), Some(QemuEffect::None));
+        assert_eq!(qemu_effect::<&str>(&[]), None);
     }
 }

@@ -240,6 +240,7 @@ impl Exec<'_, '_> {
             return;
         }
         let name = key.name(c.kind);
+        let qemu = requirements::qemu_effect(&c.ids);
         let record = CheckRecord {
             name: name.clone(),
             ids: c.ids,
@@ -249,6 +250,7 @@ impl Exec<'_, '_> {
             observed: c.observed,
             location: key.loc.clone(),
             known_failure: None,
+            qemu,
         };
         (self.sink)(Event::Check(record.clone()));
         self.check_index.insert(name, self.checks.len());
@@ -304,6 +306,7 @@ impl Exec<'_, '_> {
             observed: why,
             location: key.loc.clone(),
             known_failure: None,
+            qemu: requirements::qemu_effect(&[id]),
         };
         (self.sink)(Event::Check(record));
     }

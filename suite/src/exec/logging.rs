@@ -50,6 +50,25 @@ pub fn expect_report(iova: u64, length: u64, page_size: u64) -> Result<(), Errno
 /// Bits pre-set in a REPORT bitmap: a driver may only add bits (V2-LOG-05).
 const PATTERN: u64 = 0x8000_0000_0000_0001;
 
+/// Whether `[iova, iova + length)` lies inside the union of `ranges`.
+fn covers(ranges: &[(u64, u64)], iova: u64, length: u64) -> bool {
+    let mut sorted: Vec<(u64, u64)> = ranges.to_vec();
+    sorted.sort_unstable();
+    let Some(end) = iova.checked_add(length) else {
+        return false;
+    };
+    let mut at = iova;
+    for (start, len) in sorted {
+        if at >= end {
+            break;
+        }
+        if start <= at {
+            at = at.max(start.saturating_add(len));
+        }
+    }
+    length > 0 && at >= end
+}
+
 impl Exec<'_, '_> {
     pub(super) fn logging_start(
         &mut self,
@@ -84,6 +103,9 @@ impl Exec<'_, '_> {
         let state = ctx.state;
         if r.is_ok() {
             ctx.logging = true;
+            if !already {
+                ctx.logged_ranges = ranges.to_vec();
+            }
         }
         let got = r.map(|()| 0);
         self.record(call, Returned::of(&got).in_state(state), key);
@@ -144,6 +166,7 @@ impl Exec<'_, '_> {
         let ctx = self.role(role)?;
         let r = ctx.dev.feature(&mut req);
         ctx.logging = false;
+        ctx.logged_ranges.clear();
         // The device must still answer after a STOP in any state.
         let alive = ctx.dev.get_state();
         let state = alive.ok();
@@ -198,6 +221,7 @@ impl Exec<'_, '_> {
         let call = self.start(role, "GET DMA_LOGGING_REPORT", args, key);
         let ctx = self.role(role)?;
         let logging = ctx.logging;
+        let logged = covers(&ctx.logged_ranges, iova, length);
         let r = ctx.dev.feature(&mut req);
         let state = ctx.state;
         let got = r.map(|()| 0);
@@ -225,9 +249,22 @@ impl Exec<'_, '_> {
                     ),
                 ),
                 (Ok(()), true) => {
-                    // The uAPI asks only that REPORT never breaks the device;
-                    // kernels without IOMMUFD cannot report at all
+                    // A device that took the START must report the range
+                    // (QEMU's dirty sync fails otherwise); kernels without
+                    // CONFIG_IOMMUFD_DRIVER cannot report at all
                     // (iova_bitmap_alloc() gives EOPNOTSUPP).
+                    if logged {
+                        self.check(
+                            key,
+                            Check::builtin(
+                                "reports",
+                                "V2-LOG-06",
+                                r.is_ok(),
+                                "REPORT of a logged range succeeds after START".into(),
+                                ret_text(&got),
+                            ),
+                        );
+                    }
                     let alive = self.role(role)?.dev.get_state();
                     self.check(
                         key,
@@ -312,6 +349,18 @@ impl Exec<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covered_ranges_are_the_union() {
+        let r = [(1 << 20, 1 << 20), (0, 1 << 20)];
+        assert!(covers(&r, 0, 2 << 20));
+        assert!(covers(&r, 4096, 4096));
+        assert!(!covers(&r, 0, 3 << 20));
+        assert!(!covers(&r, 4 << 20, 4096));
+        assert!(!covers(&[(0, 4096), (8192, 4096)], 0, 12288));
+        assert!(!covers(&r, 0, 0));
+        assert!(!covers(&r, u64::MAX, 2));
+    }
 
     #[test]
     fn start_validation_follows_the_core() {

@@ -181,6 +181,8 @@ pub(crate) struct RoleCtx<'d> {
     pub stopped_at: Option<Instant>,
     /// DMA logging started and not stopped.
     pub logging: bool,
+    /// The ranges the START that began it logs.
+    pub logged_ranges: Vec<(u64, u64)>,
     /// MIG_PRECOPY_INFOv2 was enabled by a SET of feature 12.
     pub precopy_info_v2: bool,
     /// The v1 migration region, found when a v1 case starts.
@@ -243,6 +245,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             ended: Vec::new(),
             stopped_at: None,
             logging: false,
+            logged_ranges: Vec::new(),
             precopy_info_v2: false,
             region: None,
             resume_loaded: false,

@@ -37,6 +37,19 @@ pub(super) fn mutation(
     })
 }
 
+/// The buffer a reading step fills, now known to later steps.
+fn filled_buffer(ctx: &mut Ctx, into: Option<&Spanned<String>>) -> R<Option<String>> {
+    into.map(|b| {
+        let name = buffer_name(ctx, b)?;
+        ctx.buffers.insert(name.clone());
+        Ok(name)
+    })
+    .transpose()
+}
+
+/// Reads QEMU's precopy loop makes at most, unless `rounds` says otherwise.
+const QEMU_PRECOPY_ROUNDS: u32 = 100_000;
+
 /// The operation with its arguments checked and resolved.
 pub(super) fn op_args(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
     let at = raw.referenced;
@@ -60,20 +73,31 @@ pub(super) fn op_args(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
                     ))
                 }
             };
-            let into = match &r.into {
-                Some(b) => {
-                    let name = buffer_name(ctx, b)?;
-                    ctx.buffers.insert(name.clone());
-                    Some(name)
-                }
-                None => None,
-            };
             Op::Read {
-                into,
+                into: filled_buffer(ctx, r.into.as_ref())?,
                 chunk: chunk(ctx, r.chunk.as_ref(), DEFAULT_CHUNK)?,
                 until,
                 max: r.max.as_ref().map(|m| size(ctx, m)).transpose()?,
             }
+        }
+        RawOp::QemuStopCopy(q) => {
+            if let Some(r) = &q.rounds {
+                return Err(ctx.err(&r.referenced, "`rounds` belongs to qemu_precopy"));
+            }
+            Op::QemuStopCopy {
+                into: filled_buffer(ctx, q.into.as_ref())?,
+            }
+        }
+        RawOp::QemuPrecopy(q) => {
+            let into = filled_buffer(ctx, q.into.as_ref())?;
+            let rounds = match &q.rounds {
+                Some(r) if r.value == 0 => {
+                    return Err(ctx.err(&r.referenced, "`rounds` must be at least 1"))
+                }
+                Some(r) => r.value,
+                None => QEMU_PRECOPY_ROUNDS,
+            };
+            Op::QemuPrecopy { into, rounds }
         }
         RawOp::Pread(p) => Op::Pread {
             offset: opt_size(ctx, p.offset.as_ref(), 0)?,

@@ -42,6 +42,18 @@ pub enum Op {
         until: ReadUntil,
         max: Option<u64>,
     },
+    /// QEMU's precopy phase on a device in PRE_COPY(_P2P): reads of
+    /// min(1 MiB, stop_copy_length) bytes with QEMU's estimates of the
+    /// initial and dirty bytes, until a read has no data (or `rounds`).
+    QemuPrecopy {
+        into: Option<String>,
+        rounds: u32,
+    },
+    /// QEMU's `vfio_save_complete_precopy()` read loop: buffers of
+    /// min(1 MiB, stop_copy_length) bytes until read() returns 0.
+    QemuStopCopy {
+        into: Option<String>,
+    },
     Pread {
         offset: u64,
         len: u64,
@@ -257,6 +269,26 @@ pub const OPERATIONS: &[OpInfo] = &[
             "V2-PRECOPY-07",
             "KERNEL-02",
         ]),
+    },
+    OpInfo {
+        name: "qemu_precopy",
+        scope: Scope::V2,
+        observes: &[],
+        sets: &["stop_copy_length", "initial_bytes", "dirty_bytes"],
+        checks: Checks::Same(&[
+            "V2-SIZE-01",
+            "V2-PRECOPY-01",
+            "V2-PRECOPY-04",
+            "V2-PRECOPY-08",
+            "V2-PRECOPY-10",
+        ]),
+    },
+    OpInfo {
+        name: "qemu_stop_copy",
+        scope: Scope::V2,
+        observes: &["ok", "errno", "bytes", "end"],
+        sets: &["stop_copy_length"],
+        checks: Checks::Same(&["V2-SIZE-01", "V2-SAVE-01", "V2-SAVE-02", "KERNEL-02"]),
     },
     OpInfo {
         name: "pread",
@@ -547,6 +579,8 @@ impl Op {
             Op::DataSize => "data_size",
             Op::PrecopyInfo { .. } => "precopy_info",
             Op::Read { .. } => "read",
+            Op::QemuPrecopy { .. } => "qemu_precopy",
+            Op::QemuStopCopy { .. } => "qemu_stop_copy",
             Op::Pread { .. } => "pread",
             Op::Write(_) => "write",
             Op::Pwrite { .. } => "pwrite",

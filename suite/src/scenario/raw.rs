@@ -210,6 +210,15 @@ pub struct RawRead {
     pub max: Option<S<RawSize>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQemuPrecopy {
+    #[serde(default)]
+    pub into: Option<S<String>>,
+    #[serde(default)]
+    pub rounds: Option<S<u32>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWrite {
@@ -414,6 +423,8 @@ pub enum RawOp {
     Feature(RawFeature),
     PrecopyInfo(RawPrecopyInfo),
     Read(RawRead),
+    QemuPrecopy(RawQemuPrecopy),
+    QemuStopCopy(RawQemuPrecopy),
     Pread(RawPositioned),
     Write(RawWrite),
     Pwrite(RawPositioned),
@@ -546,6 +557,14 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
                 .unwrap_or_default(),
         ),
         "read" => RawOp::Read(map.next_value::<Option<RawRead>>()?.unwrap_or_default()),
+        "qemu_precopy" => RawOp::QemuPrecopy(
+            map.next_value::<Option<RawQemuPrecopy>>()?
+                .unwrap_or_default(),
+        ),
+        "qemu_stop_copy" => RawOp::QemuStopCopy(
+            map.next_value::<Option<RawQemuPrecopy>>()?
+                .unwrap_or_default(),
+        ),
         "pread" => RawOp::Pread(
             map.next_value::<Option<RawPositioned>>()?
                 .unwrap_or_default(),

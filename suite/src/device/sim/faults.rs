@@ -56,6 +56,7 @@ pub enum Fault {
     DataSizeSetAccepted,
     LoggingStartTwice,
     LoggingRangesUnchecked,
+    LoggingReportUnsupported,
     SlowTransition,
     HangTransition,
     HangRead,
@@ -172,7 +173,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 44] = [
+static CATALOGUE: [FaultInfo; 45] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -469,6 +470,15 @@ static CATALOGUE: [FaultInfo; 44] = [
         Fail,
         "DMA_LOGGING_START accepts zero, too many, unaligned, overlapping and overflowing ranges",
         Some("a logging entry point that bypasses the core's range validation"),
+    ),
+    v2(
+        Fault::LoggingReportUnsupported,
+        "logging-report-unsupported",
+        "V2-LOG-06",
+        Should,
+        Warn,
+        "DMA_LOGGING_START succeeds, every DMA_LOGGING_REPORT fails with EOPNOTSUPP",
+        Some("mtty on kernels without CONFIG_IOMMUFD_DRIVER (iova_bitmap_alloc() is a stub)"),
     ),
     v2(
         Fault::SlowTransition,

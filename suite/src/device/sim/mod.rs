@@ -538,7 +538,11 @@ impl Simulator {
         if report.iova.checked_add(report.length).is_none() {
             return Err(Errno::EOVERFLOW);
         }
+        let unsupported = self.has(Fault::LoggingReportUnsupported);
         let log = self.log.as_mut().ok_or(Errno::EINVAL)?;
+        if unsupported {
+            return Err(Errno::EOPNOTSUPP);
+        }
         log.report(&report, &mut req.bitmap)
     }
 

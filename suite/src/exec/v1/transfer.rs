@@ -579,7 +579,7 @@ mod tests {
             &opts,
             &mut |e| fold.apply(e),
         );
-        let r = fold.finish(false);
+        let r = fold.finish(results::Grading::default());
         let drains = r
             .checks
             .iter()

@@ -109,7 +109,7 @@ impl Exec<'_, '_> {
 
     /// Reads until the end the step asks for; returns (bytes, how it
     /// ended, whether ENOMSG was seen).
-    fn read_loop(
+    pub(super) fn read_loop(
         &mut self,
         role: Role,
         fd: DataFd,

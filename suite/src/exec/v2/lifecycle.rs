@@ -42,6 +42,7 @@ impl Exec<'_, '_> {
         let ctx = self.role(role)?;
         ctx.state = g.ok();
         ctx.logging = false;
+        ctx.logged_ranges.clear();
         ctx.stopped_at = None;
         if had_session {
             let probe = StepKey {

@@ -6,6 +6,7 @@ mod data;
 mod fsm;
 mod lifecycle;
 mod precopy;
+mod qemu;
 mod transfer;
 
 use results::{Direction, Event, StepReturn};
@@ -64,6 +65,10 @@ impl Exec<'_, '_> {
                 until,
                 max,
             } => self.read_op(role, into.as_deref(), *chunk, *until, *max, expect, key),
+            Op::QemuPrecopy { into, rounds } => {
+                self.qemu_precopy(role, into.as_deref(), *rounds, key)
+            }
+            Op::QemuStopCopy { into } => self.qemu_stop_copy(role, into.as_deref(), expect, key),
             Op::Pread { offset, len } => self.positioned(role, false, *offset, *len, expect, key),
             Op::Pwrite { offset, len } => self.positioned(role, true, *offset, *len, expect, key),
             Op::Write(w) => self.write_op(role, w, expect, key).map(|_| ()),

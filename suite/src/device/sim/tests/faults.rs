@@ -215,6 +215,10 @@ fault_tests! {
         logging_start(d, &[(0, 0x10000)]).unwrap();
         logging_start(d, &[(0, 0x10000)]).is_err()
     };
+    logging_report_unsupported: "logging-report-unsupported", "", |d| {
+        logging_start(d, &[(0, 0x10000)]).unwrap();
+        logging_report(d, 0, 0x10000, 4096).is_ok()
+    };
     logging_ranges_unchecked: "logging-ranges-unchecked", "", |d| {
         let bad: [&[(u64, u64)]; 4] = [
             &[],
