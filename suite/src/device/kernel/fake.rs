@@ -527,6 +527,13 @@ impl Kernel {
         if let Some(e) = self.device_mut(name).open_error {
             return Err(e);
         }
+        // vfio_df_open(): only the group path opens a device twice.
+        let bound_elsewhere = self.files.iter().any(|(&fd, file)| {
+            fd != raw && matches!(file, File::Device { usable: true, name: n } if n == name)
+        });
+        if bound_elsewhere {
+            return Err(Errno::EINVAL);
+        }
         self.device_mut(name).opens += 1;
         put_u32(arg, 12, 1);
         if let Some(File::Device { usable, .. }) = self.files.get_mut(&raw) {

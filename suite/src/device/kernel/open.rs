@@ -318,6 +318,18 @@ fn holders_text(paths: &Paths, node: &Path) -> String {
     }
 }
 
+/// ` (by PID p, `cmdline`)` for the other processes holding `node`, or
+/// `None` if only this one does.
+fn other_holders_text(paths: &Paths, node: &Path) -> Option<String> {
+    let me = std::process::id();
+    let list: Vec<String> = sysfs::holders(paths, node)
+        .iter()
+        .filter(|h| h.pid != me)
+        .map(|h| h.to_string())
+        .collect();
+    (!list.is_empty()).then(|| format!(" (by {})", list.join("; ")))
+}
+
 fn not_viable(paths: &Paths, group: u32) -> String {
     let blockers = sysfs::group_blockers(paths, group);
     if blockers.is_empty() {
@@ -433,6 +445,16 @@ fn open_cdev<S: Sys>(
                     ),
                 }
             }
+            // vfio_df_open(): a cdev is bound by one user at a time.
+            (CdevStep::Bind, Errno::EINVAL) => match other_holders_text(paths, &node) {
+                Some(holders) => format!(
+                    "VFIO_DEVICE_BIND_IOMMUFD failed: {e}: {} is already bound{holders}, and a \
+                     device cdev has one user at a time; stop that process or choose another \
+                     device",
+                    node.display()
+                ),
+                None => format!("VFIO_DEVICE_BIND_IOMMUFD failed: {e}"),
+            },
             (CdevStep::Bind, _) => format!("VFIO_DEVICE_BIND_IOMMUFD failed: {e}"),
             (CdevStep::Attach, _) => format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT failed: {e}"),
         };
@@ -795,5 +817,27 @@ mod tests {
         assert_eq!(errno, Some(Errno::EBUSY));
         assert!(msg.contains("IOMMU group 12 is open through"), "{msg}");
         assert!(msg.contains("PID 31337, `cloud-hypervisor`"), "{msg}");
+    }
+
+    #[test]
+    fn a_cdev_bound_elsewhere_names_its_holder() {
+        let lab = Lab::new().with_cdev();
+        let node = lab.tree.paths.dev.join("vfio/devices/vfio0");
+        lab.tree
+            .process(4243, &["qemu-system-x86_64", "-name", "vm2"], &[&node]);
+        let first = lab.open("/dev/vfio/devices/vfio0").unwrap();
+        let (msg, errno) = lab.refusal("/dev/vfio/devices/vfio0");
+        assert_eq!(errno, Some(Errno::EINVAL));
+        assert_eq!(
+            msg,
+            format!(
+                "VFIO_DEVICE_BIND_IOMMUFD failed: EINVAL: Invalid argument: {} is already \
+                 bound (by PID 4243, `qemu-system-x86_64 -name vm2`), and a device cdev has \
+                 one user at a time; stop that process or choose another device",
+                node.display()
+            )
+        );
+        drop(first);
+        assert!(lab.open("/dev/vfio/devices/vfio0").is_ok());
     }
 }
