@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "\
-usage: cargo xtask vm [--out DIR] [--timeout SECS] [--keep] [-- SUITE-ARGS...]
+usage: cargo xtask vm [--kernel debian|lab] [--out DIR] [--timeout SECS] [--keep]
+                      [-- SUITE-ARGS...]
        cargo xtask man [--out DIR]
        cargo xtask completions [--out DIR]
 
@@ -30,6 +31,10 @@ copies the results back. The v1 lane then loads the v1 reference driver
 devices (results in DIR/v1/). Installs the packages it needs (run as root).
 
 options:
+  --kernel K      debian (default): the host's Debian 6.12 kernel; lab: the
+                  lab's debug build of Debian's linux-source-6.12 (iommufd
+                  cdevs, DMA logging REPORT, lockdep, KASAN), built once and
+                  cached (/var/cache/vfio-migtest/lab-kernel as root)
   --out DIR       results and console.log go here (default: target/vm/results)
   --timeout SECS  the guest must power off within this time (default: 900)
   --keep          keep the guest tree, initramfs and serial capture
@@ -62,6 +67,7 @@ fn main() -> Result<ExitCode> {
 /// The options of `vm`, or `None` if help was asked for.
 fn parse_vm_options(mut args: impl Iterator<Item = String>) -> Result<Option<vm::Options>> {
     let mut options = vm::Options {
+        kernel: vm::GuestKernel::Debian,
         out: None,
         timeout: DEFAULT_TIMEOUT,
         keep: false,
@@ -78,6 +84,13 @@ fn parse_vm_options(mut args: impl Iterator<Item = String>) -> Result<Option<vm:
                 options.timeout = Duration::from_secs(secs);
             }
             "--keep" => options.keep = true,
+            "--kernel" => {
+                options.kernel = match value_of("--kernel", &mut args)?.as_str() {
+                    "debian" => vm::GuestKernel::Debian,
+                    "lab" => vm::GuestKernel::Lab,
+                    other => bail!("--kernel {other:?}: expected debian or lab"),
+                }
+            }
             "--" => options.suite_args.extend(args.by_ref()),
             "-h" | "--help" => return Ok(None),
             other => bail!("unknown option {other:?}\n\n{USAGE}"),

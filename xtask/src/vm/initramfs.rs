@@ -26,13 +26,19 @@ const GUEST_SUITE: &str = "usr/local/bin/vfio-migtest";
 /// What goes into the guest.
 pub struct Contents<'a> {
     pub kernel: &'a Kernel,
-    pub mtty: &'a Path,
-    /// The v1 reference driver, loaded by the v1 lane (`v1.sh`) itself.
-    pub v1mig: &'a Path,
+    /// `None` on the lab kernel, which has VFIO and mtty built in: the
+    /// guest then gets no modules.
+    pub mtty: Option<&'a Path>,
+    /// The v1 reference driver, loaded by the v1 lane (`v1.sh`) itself;
+    /// `None` on the lab kernel, which cannot load modules: no v1 lane.
+    pub v1mig: Option<&'a Path>,
     pub suite: &'a Path,
     pub suite_args: &'a [String],
     /// The repository's `expectations/`, copied to `/expectations`.
     pub expectations: Option<&'a Path>,
+    /// The repository's `cases/`, on the lab kernel: its extra runs
+    /// (`labkernel::install_guest`) take their cases from there.
+    pub lab_cases: Option<&'a Path>,
 }
 
 /// Fills `root` (emptied first) with the guest and packs it into `image`.
@@ -42,19 +48,30 @@ pub fn build(contents: &Contents, root: &Path, image: &Path) -> Result<()> {
     }
     fs::create_dir_all(root)?;
     install_file(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
-    install_modules(contents.kernel, contents.mtty, &root.join("modules"))?;
+    if let Some(mtty) = contents.mtty {
+        install_modules(contents.kernel, mtty, &root.join("modules"))?;
+    }
     install_program(contents.suite, root)?;
     install_executable(INIT, &root.join("init"))?;
     fs::write(root.join("v1.sh"), V1_LANE)?;
-    install_file(contents.v1mig, &root.join("drivers/v1mig.ko"))?;
     fs::create_dir_all(root.join("etc"))?;
-    fs::write(root.join("etc/v1-configs"), super::v1mig::configs_file())?;
+    let v1_configs = match contents.v1mig {
+        Some(v1mig) => {
+            install_file(v1mig, &root.join("drivers/v1mig.ko"))?;
+            super::v1mig::configs_file()
+        }
+        None => String::new(),
+    };
+    fs::write(root.join("etc/v1-configs"), v1_configs)?;
     fs::write(
         root.join("etc/suite-args"),
         suite_args_file(contents.suite_args)?,
     )?;
     if let Some(expectations) = contents.expectations {
         copy_tree(expectations, &root.join("expectations"))?;
+    }
+    if let Some(cases) = contents.lab_cases {
+        super::labkernel::install_guest(cases, root)?;
     }
     pack(root, image)
 }
@@ -218,7 +235,7 @@ fn install_file(source: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-fn install_executable(text: &str, target: &Path) -> Result<()> {
+pub(super) fn install_executable(text: &str, target: &Path) -> Result<()> {
     fs::write(target, text)?;
     fs::set_permissions(target, fs::Permissions::from_mode(0o755))?;
     Ok(())

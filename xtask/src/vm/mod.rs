@@ -1,6 +1,7 @@
 //! `cargo xtask vm`: runs the suite against real kernel drivers (the mtty
 //! sample mdev driver and vfio-pci) in a QEMU guest running the host's Debian
-//! 6.12 kernel, and brings the results back.
+//! 6.12 kernel, or with `--kernel lab` the lab's own debug build of it
+//! (`labkernel`), and brings the results back.
 //!
 //! Layout under the target directory:
 //! - `vm/cache/`: the kernel source .deb, extracted mtty.c, built mtty.ko
@@ -10,6 +11,7 @@
 //! - `vm/results/`: the default `--out`.
 
 mod initramfs;
+mod labkernel;
 mod mtty;
 mod packages;
 mod qemu;
@@ -29,7 +31,17 @@ use crate::cmd;
 /// Lines of the console log shown when the guest fails.
 const CONSOLE_TAIL_LINES: usize = 30;
 
+/// Which kernel the guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// The host's Debian 6.12 kernel, mtty built out of tree.
+    Debian,
+    /// The debug lab kernel (`labkernel`), mtty built in.
+    Lab,
+}
+
 pub struct Options {
+    pub kernel: GuestKernel,
     pub out: Option<PathBuf>,
     pub timeout: Duration,
     pub keep: bool,
@@ -68,8 +80,26 @@ pub fn run(options: Options) -> Result<()> {
     replace_results_dir(&out)?;
 
     let prepared = step("packages", || packages::ensure(&layout.cache.join("debs")))?;
-    let initrd = build_guest(&layout, &prepared, &options.suite_args)?;
-    let outcome = boot_guest(&layout, &prepared.kernel, &initrd, &out, options.timeout);
+    let lab = match options.kernel {
+        GuestKernel::Debian => None,
+        GuestKernel::Lab => Some(step("lab kernel", || {
+            labkernel::ensure(&prepared.source_deb, &layout.cache)
+        })?),
+    };
+    let mut suite_args = options.suite_args.clone();
+    if lab.is_some() {
+        suite_args.splice(0..0, labkernel::SUITE_ARGS.map(String::from));
+    }
+    let initrd = build_guest(&layout, &prepared, lab.is_some(), &suite_args)?;
+    let image = match &lab {
+        Some(lab) => lab.bzimage.clone(),
+        None => prepared.kernel.vmlinuz(),
+    };
+    let boot = qemu::Boot {
+        kernel: &image,
+        append: if lab.is_some() { labkernel::APPEND } else { "" },
+    };
+    let outcome = boot_guest(&layout, &boot, &initrd, &out, options.timeout);
     if options.keep {
         println!("kept: {}", layout.work.display());
     } else {
@@ -78,7 +108,12 @@ pub fn run(options: Options) -> Result<()> {
     outcome?;
     println!("results: {}", out.display());
     results::judge(&out)?;
-    v1mig::judge(&out, &layout.workspace)
+    match lab {
+        // The lab kernel has no module support: the v1 lane (v1mig.ko) runs
+        // on Debian's kernel only.
+        Some(_) => labkernel::judge(&out),
+        None => v1mig::judge(&out, &layout.workspace),
+    }
 }
 
 /// Builds mtty.ko and the suite, and packs them into a fresh initramfs in
@@ -86,15 +121,21 @@ pub fn run(options: Options) -> Result<()> {
 fn build_guest(
     layout: &Layout,
     prepared: &packages::Prepared,
+    lab: bool,
     suite_args: &[String],
 ) -> Result<PathBuf> {
     let kernel = &prepared.kernel;
-    let mtty = step("mtty.ko", || {
-        mtty::build(kernel, &prepared.source_deb, &layout.cache)
-    })?;
-    let v1mig = step("v1mig.ko", || {
-        v1mig::build(kernel, &layout.workspace, &layout.cache)
-    })?;
+    let (mtty, v1mig) = if lab {
+        (None, None)
+    } else {
+        let mtty = step("mtty.ko", || {
+            mtty::build(kernel, &prepared.source_deb, &layout.cache)
+        })?;
+        let v1mig = step("v1mig.ko", || {
+            v1mig::build(kernel, &layout.workspace, &layout.cache)
+        })?;
+        (Some(mtty), Some(v1mig))
+    };
     let suite = step("vfio-migtest", || build_suite(layout))?;
 
     if layout.work.exists() {
@@ -103,13 +144,15 @@ fn build_guest(
     fs::create_dir_all(&layout.work)?;
     let initrd = layout.work.join("initrd.gz");
     let expectations = layout.workspace.join("expectations");
+    let cases = layout.workspace.join("cases");
     let contents = initramfs::Contents {
         kernel,
-        mtty: &mtty,
-        v1mig: &v1mig,
+        mtty: mtty.as_deref(),
+        v1mig: v1mig.as_deref(),
         suite: &suite,
         suite_args,
         expectations: expectations.is_dir().then_some(expectations.as_path()),
+        lab_cases: lab.then_some(cases.as_path()),
     };
     step("initramfs", || {
         initramfs::build(&contents, &layout.work.join("root"), &initrd)
@@ -121,7 +164,7 @@ fn build_guest(
 /// console log; shows the end of the console log if that fails.
 fn boot_guest(
     layout: &Layout,
-    kernel: &packages::Kernel,
+    boot: &qemu::Boot,
     initrd: &Path,
     out: &Path,
     timeout: Duration,
@@ -133,7 +176,7 @@ fn boot_guest(
         results: &captured,
     };
     println!("console log: {}", console.display());
-    let outcome = step("guest", || qemu::boot(kernel, initrd, &serial, timeout))
+    let outcome = step("guest", || qemu::boot(boot, initrd, &serial, timeout))
         .and_then(|()| results::unpack(&captured, &layout.work.join("results.b64"), out));
     if outcome.is_err() {
         show_console_tail(&console);

@@ -91,7 +91,7 @@ pub(super) fn cache_key(source: &[u8], kernel_release: &str) -> u64 {
 }
 
 /// FNV-1a, 64 bit: enough to tell cache entries apart, and std-only.
-fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+pub(super) fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.into_iter().fold(OFFSET_BASIS, |hash, byte| {

@@ -104,6 +104,21 @@ pub fn ensure(deb_cache: &Path) -> Result<Prepared> {
     Ok(Prepared { kernel, source_deb })
 }
 
+/// Installs those of `packages` that are missing; apt is not touched when
+/// none is.
+pub fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing = not_installed(&packages.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::run(apt_get().arg("update"))?;
+    cmd::run(
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
 fn apt_get() -> Command {
     let mut apt = Command::new("apt-get");
     apt.env("DEBIAN_FRONTEND", "noninteractive");

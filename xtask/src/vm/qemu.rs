@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::packages::Kernel;
 use crate::cmd;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -30,15 +29,22 @@ pub struct Serial<'a> {
     pub results: &'a Path,
 }
 
-/// Boots `kernel` with `initrd` and waits for the guest to power off.
-pub fn boot(kernel: &Kernel, initrd: &Path, serial: &Serial, timeout: Duration) -> Result<()> {
-    let mut qemu = qemu_command(kernel, initrd, serial);
+/// The kernel to boot.
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    /// Added to the kernel command line.
+    pub append: &'a str,
+}
+
+/// Boots `boot.kernel` with `initrd` and waits for the guest to power off.
+pub fn boot(boot: &Boot, initrd: &Path, serial: &Serial, timeout: Duration) -> Result<()> {
+    let mut qemu = qemu_command(boot, initrd, serial);
     println!("+ {}", cmd::describe(&qemu));
     let child = qemu.spawn().context("cannot start qemu-system-x86_64")?;
     wait_until(child, timeout)
 }
 
-fn qemu_command(kernel: &Kernel, initrd: &Path, serial: &Serial) -> Command {
+fn qemu_command(boot: &Boot, initrd: &Path, serial: &Serial) -> Command {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg,thread=single", "-smp", "2", "-m", "2048"])
         .args(["-nographic", "-no-reboot", "-monitor", "none"])
@@ -52,17 +58,18 @@ fn qemu_command(kernel: &Kernel, initrd: &Path, serial: &Serial) -> Command {
             "e1000e,netdev=n0,romfile=",
         ])
         .arg("-kernel")
-        .arg(kernel.vmlinuz())
+        .arg(boot.kernel)
         .arg("-initrd")
         .arg(initrd)
         // panic=-1 reboots at once on a panic, and -no-reboot turns that
         // into QEMU exiting, so a crashed guest does not wait for the deadline.
         // no_timer_check: on a busy host the emulated timer can miss the boot
         // check, which with interrupt remapping is a panic.
-        .args([
-            "-append",
-            "console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet",
-        ])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet {}",
+            boot.append
+        ))
         .arg("-serial")
         .arg(format!("file:{}", serial.console.display()))
         .arg("-serial")
