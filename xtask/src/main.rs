@@ -36,12 +36,16 @@ options:
                   cdevs, DMA logging REPORT, lockdep, KASAN), built once and
                   cached (/var/cache/vfio-migtest/lab-kernel as root)
   --out DIR       results and console.log go here (default: target/vm/results)
-  --timeout SECS  the guest must power off within this time (default: 900)
+  --timeout SECS  the guest must power off within this time (default: 900;
+                  with --kernel lab 3000)
   --keep          keep the guest tree, initramfs and serial capture
                   (target/vm/work)
   -- ARGS         extra arguments for the suite's mtty run in the guest";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+/// The lab kernel's guest runs the catalogue twice and the fault runs, with
+/// KASAN and lockdep slowing every call, under TCG.
+const LAB_DEFAULT_TIMEOUT: Duration = Duration::from_secs(3000);
 
 fn main() -> Result<ExitCode> {
     let mut args = env::args().skip(1);
@@ -66,6 +70,7 @@ fn main() -> Result<ExitCode> {
 
 /// The options of `vm`, or `None` if help was asked for.
 fn parse_vm_options(mut args: impl Iterator<Item = String>) -> Result<Option<vm::Options>> {
+    let mut timeout = None;
     let mut options = vm::Options {
         kernel: vm::GuestKernel::Debian,
         out: None,
@@ -81,7 +86,7 @@ fn parse_vm_options(mut args: impl Iterator<Item = String>) -> Result<Option<vm:
                 let secs = secs
                     .parse()
                     .with_context(|| format!("--timeout {secs:?} is not a number of seconds"))?;
-                options.timeout = Duration::from_secs(secs);
+                timeout = Some(Duration::from_secs(secs));
             }
             "--keep" => options.keep = true,
             "--kernel" => {
@@ -96,6 +101,10 @@ fn parse_vm_options(mut args: impl Iterator<Item = String>) -> Result<Option<vm:
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
     }
+    options.timeout = timeout.unwrap_or(match options.kernel {
+        vm::GuestKernel::Debian => DEFAULT_TIMEOUT,
+        vm::GuestKernel::Lab => LAB_DEFAULT_TIMEOUT,
+    });
     Ok(Some(options))
 }
 

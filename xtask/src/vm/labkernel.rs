@@ -459,6 +459,16 @@ fn report_reached_mtty(device: &DeviceResults) -> Result<()> {
             logging.outcome.as_str()
         );
     }
+    // A REPORT that succeeded went through the kernel's iova_bitmap with
+    // the suite's bitmap (one bit per page from iova, in u64 words), and
+    // left the bits the suite had set.
+    let kept = logging
+        .checks
+        .iter()
+        .any(|c| c.name.contains("only-sets-bits") && c.verdict == Verdict::Pass);
+    if !kept {
+        bail!("no DMA_LOGGING_REPORT in dma-logging filled a bitmap (V2-LOG-05 never passed)");
+    }
     Ok(())
 }
 
