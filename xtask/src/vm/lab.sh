@@ -18,12 +18,16 @@ cdev_node() {
     return 1
 }
 
-# Waits until a process other than this shell has the node $1 open.
-wait_for_holder() {
+# Waits until a case process (`vfio-migtest __case`, not the run's short
+# probe) has the node $1 open.
+wait_for_case_holder() {
     tries=0
     while [ "$tries" -lt 300 ]; do
         for fd in /proc/[0-9]*/fd/*; do
-            [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] && return 0
+            [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] || continue
+            pid=${fd#/proc/}
+            pid=${pid%%/*}
+            tr '\000' ' ' <"/proc/$pid/cmdline" | grep -q ' __case ' && return 0
         done
         sleep 1
         tries=$((tries + 1))
@@ -73,7 +77,7 @@ EOF
     vfio-migtest run --device "$CDEV_A" --cases /lab-holder --out /run/holder \
         >/results/holder.log 2>&1 &
     holder=$!
-    if wait_for_holder "$CDEV_A"; then
+    if wait_for_case_holder "$CDEV_A"; then
         suite busy-cdev vfio-migtest run --device "$CDEV_A" --out /results/busy-cdev
     else
         setup_failed "the holder run never opened $CDEV_A"

@@ -380,7 +380,7 @@ const EXPECTED_RUNS: &[(&str, i32, &str)] = &[
     // The whole catalogue through /dev/vfio/devices/vfioN.
     ("mtty-cdev", 0, "total:"),
     // The group is open elsewhere: binding its device's cdev is refused.
-    ("busy-cdev-group", 4, "already open"),
+    ("busy-cdev-group", 4, "is open through"),
     // Another process has bound the cdev: refused, naming it.
     ("busy-cdev", 4, "(by PID"),
     ("fault-warn", 1, "KERNEL-01"),
