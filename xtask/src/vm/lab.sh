@@ -19,7 +19,7 @@ cdev_node() {
 }
 
 # Waits until a case process (`vfio-migtest __case`, not the run's short
-# probe) has the node $1 open.
+# probe) has the node $1 open; sets HOLDER_CASE to its PID.
 wait_for_case_holder() {
     tries=0
     while [ "$tries" -lt 300 ]; do
@@ -27,7 +27,10 @@ wait_for_case_holder() {
             [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] || continue
             pid=${fd#/proc/}
             pid=${pid%%/*}
-            tr '\000' ' ' <"/proc/$pid/cmdline" | grep -q ' __case ' && return 0
+            if tr '\000' ' ' <"/proc/$pid/cmdline" | grep -q ' __case '; then
+                HOLDER_CASE=$pid
+                return 0
+            fi
         done
         sleep 1
         tries=$((tries + 1))
@@ -79,6 +82,8 @@ EOF
     holder=$!
     if wait_for_case_holder "$CDEV_A"; then
         suite busy-cdev vfio-migtest run --device "$CDEV_A" --out /results/busy-cdev
+        # A run lets its running case finish on SIGTERM: end the case first.
+        kill "$HOLDER_CASE"
     else
         setup_failed "the holder run never opened $CDEV_A"
     fi
@@ -86,8 +91,8 @@ EOF
     wait "$holder" 2>/dev/null
 
     run_fault warn --device "$CDEV_A"
-    run_fault kasan --device "$CDEV_A"
     run_fault lockdep --device "$CDEV_A"
+    run_fault kasan --device "$CDEV_A"
     echo 60 >"$MTTY_PARAMETERS/lab_hang_secs"
     run_fault hang --device "$CDEV_A" --device "$CDEV_B"
 }

@@ -50,9 +50,11 @@ struct Fault {
     cases: &'static [&'static str],
 }
 
-/// In the order `lab.sh` arms them: lockdep turns itself off after its
-/// first report, so it goes after the faults that do not need it, and the
-/// hang, which leaves a process stuck on the device for a minute, last.
+/// In the order `lab.sh` arms them. Lockdep turns itself off after its
+/// first report, and a KASAN report taints the kernel, which turns lockdep
+/// off too ("Disabling lock debugging due to kernel taint"): so lockdep
+/// comes before KASAN, and the hang, which leaves a process stuck on the
+/// device for a minute, last.
 const FAULTS: [Fault; 4] = [
     Fault {
         name: "warn",
@@ -65,21 +67,21 @@ const FAULTS: [Fault; 4] = [
         ],
     },
     Fault {
-        name: "kasan",
-        fails: "precopy-info-framing",
-        says: "BUG: KASAN: slab-out-of-bounds",
-        cases: &[
-            "precopy-info-framing",
-            "data-fd-pre-copy-p2p",
-            "data-fd-stop-copy",
-        ],
-    },
-    Fault {
         name: "lockdep",
         fails: "data-fd-pre-copy",
         says: "possible circular locking dependency",
         cases: &[
             "data-fd-pre-copy",
+            "data-fd-pre-copy-p2p",
+            "data-fd-stop-copy",
+        ],
+    },
+    Fault {
+        name: "kasan",
+        fails: "precopy-info-framing",
+        says: "BUG: KASAN: slab-out-of-bounds",
+        cases: &[
+            "precopy-info-framing",
             "data-fd-pre-copy-p2p",
             "data-fd-stop-copy",
         ],
