@@ -28,7 +28,10 @@ sample driver for a Debian 6.12 kernel, boots that kernel in QEMU with three
 mtty mdevs and an emulated NIC bound to vfio-pci, runs the suite on them and
 copies the results back. The v1 lane then loads the v1 reference driver
 (xtask/drivers/v1mig) once per configuration and runs the v1 cases on its
-devices (results in DIR/v1/). Installs the packages it needs (run as root).
+devices (results in DIR/v1/). With --kernel lab the guest boots the lab's
+debug kernel instead (no v1 lane: it loads no modules) and also runs the
+catalogue through the iommufd cdevs, the cdev refusals and mtty's lab
+faults. Installs the packages it needs (run as root).
 
 options:
   --kernel K      debian (default): the host's Debian 6.12 kernel; lab: the
