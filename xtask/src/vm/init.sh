@@ -43,14 +43,18 @@ run_suite() {
     # A live migration over loopback, one process each: receive on the
     # second mtty-2, migrate the first (RUNNING after the suite) to it;
     # both save again from STOP, which must give the same stream.
-    ip link set lo up
-    suite receive vfio-migtest receive --device "$UUID_B" --listen 127.0.0.1:47000 \
-        --json /results/receive.json --resave /results/live-dst.vmsave &
-    receiver=$!
-    suite migrate vfio-migtest migrate --device "$UUID_A" --to 127.0.0.1:47000 \
-        --json /results/migrate.json --resave /results/live-src.vmsave
-    wait "$receiver"
-    suite live-resave-identical same_stream /results/live-src.vmsave /results/live-dst.vmsave
+    # The lab kernel has no networking (no /proc/net): it skips this, and
+    # the host expects it there only (xtask/src/vm/results.rs).
+    if [ -d /proc/net ]; then
+        ip link set lo up
+        suite receive vfio-migtest receive --device "$UUID_B" --listen 127.0.0.1:47000 \
+            --json /results/receive.json --resave /results/live-dst.vmsave &
+        receiver=$!
+        suite migrate vfio-migtest migrate --device "$UUID_A" --to 127.0.0.1:47000 \
+            --json /results/migrate.json --resave /results/live-src.vmsave
+        wait "$receiver"
+        suite live-resave-identical same_stream /results/live-src.vmsave /results/live-dst.vmsave
+    fi
     # A migration through a file: save on one mtty-2, resume on the other.
     suite save vfio-migtest save --device "$UUID_A" --file /results/mtty-2.vmsave
     suite resume vfio-migtest resume --device "$UUID_B" --file /results/mtty-2.vmsave \
