@@ -653,6 +653,7 @@ mod tests {
             observed: String::new(),
             location: None,
             known_failure: None,
+            qemu: None,
         }
     }
 
