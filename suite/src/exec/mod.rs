@@ -187,9 +187,62 @@ pub(crate) struct RoleCtx<'d> {
     pub precopy_info_v2: bool,
     /// The v1 migration region, found when a v1 case starts.
     pub region: Option<v1::V1Region>,
-    /// A complete, unaltered stream was written in the current RESUMING
-    /// session, so leaving RESUMING must succeed.
-    pub resume_loaded: bool,
+    /// What the writes of the current RESUMING session delivered, which
+    /// decides how leaving RESUMING must end.
+    pub delivered: Delivered,
+}
+
+/// What the writes of a RESUMING session delivered. A stream is delivered
+/// only when write() accepted every byte of it: a write that fails
+/// delivers nothing (vfio.h: RESUMING -> STOP processes "the data
+/// delivered by write()"), so after a refused write the driver holds at
+/// most a part of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Not exactly one whole, unaltered stream (why): nothing, a part, an
+    /// altered stream, or a stream with bytes beyond its end accepted.
+    /// Every arc out of RESUMING must fail (V2-RESUME-03/04/05).
+    Unfit(String),
+    /// One whole unaltered stream, every byte accepted: leaving RESUMING
+    /// must succeed (V2-RESUME-01).
+    Stream,
+    /// The whole unaltered stream was accepted and only bytes written
+    /// beyond its end were refused: what write() delivered is the stream,
+    /// so RESUMING -> STOP may load it; it may also refuse the session the
+    /// user overfilled. Either way the overflow was rejected (V2-RESUME-05).
+    StreamOverflowRefused,
+}
+
+impl Delivered {
+    /// What `written` bytes accepted of a stream of `len` bytes altered by
+    /// `m`, ending with `err`, delivered.
+    pub fn of(m: &crate::scenario::Mutation, len: u64, written: u64, err: Option<Errno>) -> Self {
+        let altered = m.truncate > 0 || !m.corrupt.is_empty();
+        match err {
+            _ if altered => Delivered::Unfit(format!(
+                "an altered stream{}",
+                match err {
+                    Some(e) => format!(", refused with {} after {written} bytes", errno_name(e)),
+                    None => format!(", {written} bytes accepted"),
+                }
+            )),
+            None if m.extra == 0 => Delivered::Stream,
+            None => Delivered::Unfit(format!(
+                "all {written} bytes accepted, {} of them beyond the end of the {len}-byte stream",
+                written.saturating_sub(len)
+            )),
+            Some(_) if m.extra > 0 && written == len => Delivered::StreamOverflowRefused,
+            Some(e) if written < len => Delivered::Unfit(format!(
+                "write failed with {} after {written} of the stream's {len} bytes",
+                errno_name(e)
+            )),
+            Some(e) => Delivered::Unfit(format!(
+                "{} bytes beyond the end of the {len}-byte stream accepted before write failed with {}",
+                written - len,
+                errno_name(e)
+            )),
+        }
+    }
 }
 
 /// Ended-session fds kept open for probing; older ones are closed.
@@ -248,7 +301,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             logged_ranges: Vec::new(),
             precopy_info_v2: false,
             region: None,
-            resume_loaded: false,
+            delivered: Delivered::Unfit("no data written".into()),
         };
         Exec {
             opts,

@@ -57,7 +57,7 @@ impl Exec<'_, '_> {
                 let _ = ctx.dev.data_close(fd);
             }
             let fresh_resume = ctx.state == Some(MigState::Resuming)
-                && !ctx.resume_loaded
+                && ctx.delivered != Delivered::Stream
                 && ctx
                     .session
                     .as_ref()

@@ -31,6 +31,7 @@ pub enum Fault {
     CorruptHeaderAccepted,
     OversizeResumeAccepted,
     IncompatibleTypeAccepted,
+    RefusedWriteLoaded,
     StopCopyLengthUnder,
     StopCopyLengthOver,
     PrecopyInfoOutsidePrecopy,
@@ -245,6 +246,15 @@ static CATALOGUE: [FaultInfo; 45] = [
         Fail,
         "a stream from another device type is accepted",
         Some("no device-type or firmware-version compatibility check on resume"),
+    ),
+    v2(
+        Fault::RefusedWriteLoaded,
+        "refused-write-loaded",
+        "V2-RESUME-04",
+        Must,
+        Fail,
+        "a write() refused for invalid data still counts its bytes, and RESUMING->STOP loads what arrived",
+        Some("mtty sample driver (mtty_resume_write() adds a refused write's length to filled_size; mtty_load_state() checks only the size)"),
     ),
     v2(
         Fault::StopCopyLengthUnder,

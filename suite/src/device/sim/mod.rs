@@ -347,6 +347,7 @@ impl Simulator {
             }) => {
                 loader.is_complete()
                     || (self.has(Fault::TruncatedResumeAccepted) && !loader.has_failed())
+                    || (self.has(Fault::RefusedWriteLoaded) && loader.has_failed())
             }
             _ => false,
         };

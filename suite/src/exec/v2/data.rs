@@ -367,9 +367,10 @@ impl Exec<'_, '_> {
             }
         })();
         self.buf = buf;
+        let len = stream.len();
         self.buffers.insert(w.from.clone(), stream);
-        if let Ok((_, err)) = &result {
-            self.role(role)?.resume_loaded = err.is_none() && w.mutation.is_none();
+        if let Ok((written, err)) = &result {
+            self.role(role)?.delivered = Delivered::of(&w.mutation, len, *written, *err);
         }
         result
     }

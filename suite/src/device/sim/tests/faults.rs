@@ -105,6 +105,14 @@ fault_tests! {
         let foreign = save_from_stop(&mut sim("type=sim-b"), 1 << 20);
         resume(d, &foreign, 4096).is_err()
     };
+    refused_write_loaded: "refused-write-loaded", "", |d| {
+        let mut s = stream();
+        s[0] ^= 1;
+        go(d, Stop);
+        let fd = go(d, Resuming);
+        assert!(write_all(d, fd, &s, 4096).is_err(), "the header is refused");
+        set(d, Stop).result.is_err() && d.get_state() == Ok(Resuming)
+    };
     stop_copy_length_under: "stop-copy-length-under", "", |d| {
         let estimate = d.stop_copy_length().unwrap();
         save_from_stop(d, 1 << 20).len() as u64 <= estimate
