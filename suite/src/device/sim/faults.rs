@@ -42,6 +42,7 @@ pub enum Fault {
     NewFdOnPrecopyToStopCopy,
     NoFdOnStopToStopCopy,
     StaleFdAfterSession,
+    StagedDataAfterSession,
     DataFdNotCloexec,
     StateReportedEarly,
     SpontaneousStateChange,
@@ -174,7 +175,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 45] = [
+static CATALOGUE: [FaultInfo; 46] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -345,6 +346,15 @@ static CATALOGUE: [FaultInfo; 45] = [
         Fail,
         "a saving fd keeps delivering its unread data after its session ended (observable when data was left unread)",
         Some("migration file not disabled when the device leaves the saving group"),
+    ),
+    v2(
+        Fault::StagedDataAfterSession,
+        "staged-data-after-session",
+        "V2-FSM-09",
+        Must,
+        Fail,
+        "a saving fd whose session ended in the middle of a record still delivers the rest of that record (observable only after a partial read)",
+        Some("read handler that serves its staged buffer before checking that the file was disabled"),
     ),
     v2(
         Fault::DataFdNotCloexec,

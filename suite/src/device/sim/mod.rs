@@ -123,6 +123,9 @@ struct DataFile {
     saving: bool,
     /// `stale-fd-after-session`: the saver keeps serving after its session.
     stale: Option<Box<Saver>>,
+    /// `staged-data-after-session`: the rest of the record being read when
+    /// the session ended.
+    staged: Vec<u8>,
 }
 
 /// The simulated device.
@@ -287,6 +290,7 @@ impl Simulator {
             DataFile {
                 saving,
                 stale: None,
+                staged: Vec::new(),
             },
         );
         fd
@@ -298,8 +302,11 @@ impl Simulator {
             return;
         };
         if let SessionKind::Save(saver) = session.kind {
-            if self.has(Fault::StaleFdAfterSession) {
-                if let Some(file) = self.fds.get_mut(&session.fd) {
+            if let Some(file) = self.fds.get_mut(&session.fd) {
+                if self.faults.has(Fault::StagedDataAfterSession) {
+                    file.staged = saver.staged().to_vec();
+                }
+                if self.faults.has(Fault::StaleFdAfterSession) {
                     file.stale = Some(saver);
                 }
             }
@@ -882,7 +889,16 @@ impl Device for Simulator {
         if faults.has(Fault::HangRead) {
             hang();
         }
-        let saver = saver.ok_or(Errno::ENODEV)?;
+        let Some(saver) = saver else {
+            let file = self.fds.get_mut(&fd).ok_or(Errno::EBADF)?;
+            if file.staged.is_empty() {
+                return Err(Errno::ENODEV);
+            }
+            let n = file.staged.len().min(buf.len());
+            buf[..n].copy_from_slice(&file.staged[..n]);
+            file.staged.drain(..n);
+            return Ok(n);
+        };
         if buf.is_empty() {
             return Ok(0);
         }

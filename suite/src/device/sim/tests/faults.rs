@@ -113,6 +113,13 @@ fault_tests! {
         assert!(write_all(d, fd, &s, 4096).is_err(), "the header is refused");
         set(d, Stop).result.is_err() && d.get_state() == Ok(Resuming)
     };
+    staged_data_after_session: "staged-data-after-session", "", |d| {
+        go(d, Stop);
+        let fd = go(d, StopCopy);
+        d.data_read(fd, &mut [0; 7]).unwrap();
+        go(d, Stop);
+        d.data_read(fd, &mut [0; 4096]).is_err()
+    };
     stop_copy_length_under: "stop-copy-length-under", "", |d| {
         let estimate = d.stop_copy_length().unwrap();
         save_from_stop(d, 1 << 20).len() as u64 <= estimate
