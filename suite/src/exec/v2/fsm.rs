@@ -401,7 +401,22 @@ impl Exec<'_, '_> {
                 arc: format!("{cur}>{}", state_name(target)),
                 ns: took,
             });
+            let limit = self.opts.arc_latency_limit;
+            let pass = took <= nanos(limit);
+            self.check_lazy(key, "latency", pass, || {
+                Check::builtin(
+                    "latency",
+                    "V2-TIME-01",
+                    pass,
+                    format!(
+                        "SET returns within {} (--arc-latency-limit)",
+                        humantime::format_duration(limit)
+                    ),
+                    format!("{cur} -> {} took {}", state_name(target), ms_text(took)),
+                )
+            });
         }
+        self.role(role)?.last_set_ns = took;
         Ok(SetCall {
             r,
             got,

@@ -131,6 +131,22 @@ impl Exec<'_, '_> {
         let delivered = self.role(role)?.delivered.clone();
         let stop = self.set_unjudged(role, MigState::Stop.raw(), &stop_key)?;
         let now = self.role(role)?.state;
+        // The migration's device downtime: the source's share in its last
+        // save, then RESUMING -> STOP here.
+        let source = Role::ALL
+            .into_iter()
+            .filter_map(|r| self.roles[r as usize].as_ref())
+            .filter_map(|c| c.downtime_ns)
+            .max();
+        if let (true, Some(src)) = (stop && err.is_none(), source) {
+            let ns = src.saturating_add(self.role(role)?.last_set_ns);
+            self.judge_downtime(
+                key,
+                "downtime-total",
+                ns,
+                "source (leaving RUNNING to the end of its stream) plus RESUMING -> STOP here",
+            );
+        }
         let accepted = err.is_none() && stop;
         let observed = match (err, stop) {
             (Some(e), _) => format!(

@@ -299,7 +299,12 @@ fault_tests! {
 }
 
 /// Faults whose rule is a matter of time, tested below.
-const TIMING: &[&str] = &["slow-transition", "hang-transition", "hang-read"];
+const TIMING: &[&str] = &[
+    "slow-transition",
+    "slow-stop",
+    "hang-transition",
+    "hang-read",
+];
 
 #[test]
 fn every_fault_is_tested() {
@@ -319,6 +324,10 @@ fn slow_transition() {
     assert_eq!(slow.set_delay(Stop.raw()), none, "only STOP_COPY is slow");
     assert_eq!(slow.set_delay(StopCopy.raw()), SLOW_SET);
     assert_eq!(slow.set_delay(StopCopy.raw()), none, "only the first time");
+    let mut stop = sim("fault=slow-stop");
+    assert_eq!(stop.set_delay(StopCopy.raw()), none, "only STOP is slow");
+    assert_eq!(stop.set_delay(Stop.raw()), SLOW_STOP);
+    assert_eq!(stop.set_delay(Stop.raw()), none, "only the first time");
     let latency = Duration::from_millis(20);
     assert_eq!(sim("latency=20ms").set_delay(Stop.raw()), latency);
     // And the SET does wait that long.
