@@ -134,7 +134,10 @@ impl Exec<'_, '_> {
                     expected: format!(
                         "an error: the data delivered in RESUMING is not one whole stream ({why})"
                     ),
-                    observed: ret_text(&got),
+                    observed: match r.result {
+                        Ok(()) => format!("{cur} -> {} succeeded", state_name(target)),
+                        Err(e) => format!("failed with {}", errno_name(e)),
+                    },
                 },
             );
         } else if !explicit && either {
