@@ -432,7 +432,7 @@ fn sigterm_stops_the_run_and_the_journal_still_renders() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let junit = std::fs::read_to_string(rendered.join("junit.xml")).unwrap();
-    assert!(junit.contains("sleepy"), "{junit}");
+    assert!(junit.contains("endless"), "{junit}");
     assert!(rendered.join("report.html").is_file());
     assert!(text(&o.stdout).contains("pass"));
 }
