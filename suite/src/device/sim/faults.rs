@@ -176,7 +176,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 47] = [
+static CATALOGUE: [FaultInfo; 48] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
