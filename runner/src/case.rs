@@ -24,6 +24,8 @@ pub struct Harness {
     pub exe: PathBuf,
     pub seed: u64,
     pub buffer_size: usize,
+    pub arc_latency_limit: Duration,
+    pub downtime_budget: Duration,
     pub include_dangerous: bool,
     /// `--strict` and `--consumer`.
     pub grading: Grading,
@@ -215,7 +217,15 @@ enum Phase {
     Case,
     /// After it: the child restores its devices under the device timeout.
     Restore,
+    /// SIGINT or SIGTERM reached the runner: the case is cut.
+    Interrupted,
 }
+
+/// How often a running case looks for SIGINT/SIGTERM to the runner.
+const SIGNAL_POLL: Duration = Duration::from_millis(200);
+/// After a signal, how long the reset of the case's devices may take: a
+/// lab's watchdog gives 10 to 30 s before SIGKILL.
+const INTERRUPTED_RESTORE: Duration = Duration::from_secs(5);
 
 /// Runs `scenario` (whose file text is `text`) in a child under `timeout`.
 pub fn run_case(
@@ -247,7 +257,11 @@ pub fn run_case(
         .arg("--timeout")
         .arg(format!("{}ms", timeout.as_millis()))
         .arg("--buffer-size")
-        .arg(h.buffer_size.to_string());
+        .arg(h.buffer_size.to_string())
+        .arg("--arc-latency-limit")
+        .arg(format!("{}ms", h.arc_latency_limit.as_millis()))
+        .arg("--downtime-budget")
+        .arg(format!("{}ms", h.downtime_budget.as_millis()));
     if h.include_dangerous || specs.all_simulated() {
         cmd.arg("--include-dangerous");
     }
@@ -272,7 +286,13 @@ pub fn run_case(
     let mut trouble: Vec<String> = Vec::new();
     let mut overran: Option<Phase> = None;
     loop {
-        match child.next_line(deadline) {
+        match child.next_line(deadline.min(Instant::now() + SIGNAL_POLL)) {
+            Ok(Next::Deadline) if Instant::now() < deadline => {
+                if crate::signals::received().is_some() {
+                    overran = Some(Phase::Interrupted);
+                    break;
+                }
+            }
             Ok(Next::Line(l)) => match ChildLine::parse(&l) {
                 Ok(ChildLine::Event(e)) => {
                     shown.event(&e);
@@ -305,6 +325,15 @@ pub fn run_case(
         }
     }
     let mut termination = None;
+    let interrupted = matches!(overran, Some(Phase::Interrupted));
+    let h = &Harness {
+        device_timeout: if interrupted {
+            INTERRUPTED_RESTORE.min(h.device_timeout)
+        } else {
+            h.device_timeout
+        },
+        ..h.clone()
+    };
     if overran.is_none() {
         // Stdout closed: the child is exiting; a few seconds at most.
         match child.wait_until(Instant::now() + h.kill.kill_grace) {
@@ -329,6 +358,14 @@ pub fn run_case(
     if let Some(message) = &open_failed {
         result.outcome = Outcome::Error;
         result.reason = Some(message.clone());
+    } else if interrupted {
+        result.outcome = Outcome::Error;
+        let signal = crate::signals::received().map_or("a signal".into(), |s| s.to_string());
+        result.reason = Some(match &stuck_in {
+            Some(step) => format!("interrupted ({signal}) while running {step}: the case was cut"),
+            None => format!("interrupted ({signal}): the case was cut"),
+        });
+        result.stuck_in = stuck_in.clone();
     } else if matches!(overran, Some(Phase::Case)) {
         result.outcome = Outcome::Timeout;
         result.stuck_in = stuck_in.clone();

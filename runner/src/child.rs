@@ -70,6 +70,8 @@ pub fn case(args: &CaseArgs) -> i32 {
         seed: args.seed,
         deadline: Some(deadline),
         buffer_size: args.buffer_size,
+        arc_latency_limit: args.arc_latency_limit,
+        downtime_budget: args.downtime_budget,
         ..ExecOptions::default()
     };
     let devices = Devices {

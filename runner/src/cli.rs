@@ -208,6 +208,13 @@ pub struct RunArgs {
     /// Data-fd read/write buffer size.
     #[arg(long, value_name = "SIZE", value_parser = parse_buffer_size, default_value = "1MiB")]
     pub buffer_size: usize,
+    /// A SET of the device state that takes longer is a warning (V2-TIME-01).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub arc_latency_limit: Duration,
+    /// The device's share of a migration's downtime beyond this is a
+    /// warning (V2-TIME-02; QEMU's default downtime-limit).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "300ms")]
+    pub downtime_budget: Duration,
     /// Run only cases whose trial name contains FILTER.
     #[arg(value_name = "FILTER")]
     pub filter: Option<String>,
@@ -534,6 +541,10 @@ pub struct CaseArgs {
     pub timeout: Duration,
     #[arg(long)]
     pub buffer_size: usize,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub arc_latency_limit: Duration,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub downtime_budget: Duration,
     #[arg(long)]
     pub include_dangerous: bool,
 }

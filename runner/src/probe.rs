@@ -196,6 +196,8 @@ fn harness(timeout: Duration) -> Result<Harness> {
         exe: std::env::current_exe().context("cannot find this program's path")?,
         seed: 0,
         buffer_size: 1 << 20,
+        arc_latency_limit: suite::exec::ARC_LATENCY_LIMIT,
+        downtime_budget: suite::exec::DOWNTIME_BUDGET,
         include_dangerous: false,
         grading: Grading::default(),
         kill: KillPolicy::default(),

@@ -533,6 +533,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         exe,
         seed,
         buffer_size: args.buffer_size,
+        arc_latency_limit: args.arc_latency_limit,
+        downtime_budget: args.downtime_budget,
         include_dangerous: args.dangerous_allowed(),
         grading: Grading {
             strict: args.strict,

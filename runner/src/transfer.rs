@@ -383,6 +383,8 @@ fn reset_after_kill(spec: &DeviceSpec) {
         },
         seed: 0,
         buffer_size: 1 << 20,
+        arc_latency_limit: suite::exec::ARC_LATENCY_LIMIT,
+        downtime_budget: suite::exec::DOWNTIME_BUDGET,
         include_dangerous: false,
         grading: Grading::default(),
         kill: KillPolicy::default(),

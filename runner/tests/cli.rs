@@ -32,10 +32,12 @@ steps:
   - set_state: STOP_COPY
 ";
 
-const SLEEP: &str = "name: sleepy
-about: takes a while
+/// A case that ends only when it is cut.
+const ENDLESS: &str = "name: endless
+about: sleeps until its deadline, far beyond any test
+timeout: 900s
 steps:
-  - sleep: 2s
+  - sleep: 900s
   - get_state:
 ";
 
@@ -367,7 +369,7 @@ fn child_with_arg(parent: u32, arg: &str) -> bool {
 
 #[test]
 fn sigterm_stops_the_run_and_the_journal_still_renders() {
-    let dir = cases(&[("a.yaml", FRESH), ("b.yaml", SLEEP), ("c.yaml", STOP)]);
+    let dir = cases(&[("a.yaml", FRESH), ("b.yaml", ENDLESS), ("c.yaml", STOP)]);
     let out = tempfile::tempdir().unwrap();
     let mut child = bin()
         .arg("--cases")
@@ -380,12 +382,12 @@ fn sigterm_stops_the_run_and_the_journal_still_renders() {
         .spawn()
         .unwrap();
     let journal = out.path().join("results.jsonl");
-    // Once its process runs, `sleepy` has begun; the signal must not cut it
-    // short.
+    // Once its process runs, `endless` has begun; the signal cuts it (a
+    // lab's watchdog would not wait for it).
     while !child_with_arg(child.id(), "b.yaml") {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run ended before `sleepy` was seen"
+            "the run ended before `endless` was seen"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -396,7 +398,17 @@ fn sigterm_stops_the_run_and_the_journal_still_renders() {
 
     let r = results(out.path());
     assert_eq!(r.meta.interrupted.as_deref(), Some("SIGTERM"));
-    assert_eq!(outcome(&r, 0, "sleepy"), Outcome::Pass);
+    let cut = r.devices[0]
+        .cases
+        .iter()
+        .find(|c| c.name == "endless")
+        .unwrap();
+    assert_eq!(cut.outcome, Outcome::Error);
+    let why = cut.reason.as_deref().unwrap();
+    assert!(
+        why.contains("interrupted (SIGTERM)") && why.contains("the case was cut"),
+        "{why}"
+    );
     let stop = r.devices[0]
         .cases
         .iter()
@@ -420,7 +432,7 @@ fn sigterm_stops_the_run_and_the_journal_still_renders() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let junit = std::fs::read_to_string(rendered.join("junit.xml")).unwrap();
-    assert!(junit.contains("sleepy"), "{junit}");
+    assert!(junit.contains("endless"), "{junit}");
     assert!(rendered.join("report.html").is_file());
     assert!(text(&o.stdout).contains("pass"));
 }

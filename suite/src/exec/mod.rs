@@ -54,7 +54,21 @@ pub struct ExecOptions {
     /// Saved streams larger than this go to a temporary file.
     pub spill_threshold: u64,
     pub temp_dir: PathBuf,
+    /// A SET that takes longer is a SHOULD finding (V2-TIME-01).
+    pub arc_latency_limit: Duration,
+    /// The device's share of a migration's downtime beyond this is a
+    /// SHOULD finding (V2-TIME-02); QEMU's default `downtime-limit`.
+    pub downtime_budget: Duration,
 }
+
+/// `--arc-latency-limit` unless given.
+pub const ARC_LATENCY_LIMIT: Duration = Duration::from_secs(1);
+/// `--downtime-budget` unless given: QEMU's default `downtime-limit`.
+pub const DOWNTIME_BUDGET: Duration = Duration::from_millis(300);
+/// A loop stops starting rounds when less than this, or three times its
+/// slowest round so far, is left before the case deadline, so that the
+/// case ends with its findings instead of in a timeout.
+const LOOP_RESERVE: Duration = Duration::from_secs(2);
 
 impl Default for ExecOptions {
     fn default() -> Self {
@@ -66,6 +80,8 @@ impl Default for ExecOptions {
             buffer_size: 1 << 20,
             spill_threshold: 64 << 20,
             temp_dir: std::env::temp_dir(),
+            arc_latency_limit: ARC_LATENCY_LIMIT,
+            downtime_budget: DOWNTIME_BUDGET,
         }
     }
 }
@@ -135,6 +151,11 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Nanoseconds as milliseconds with one decimal (`3000.2 ms`).
+pub(crate) fn ms_text(ns: u64) -> String {
+    format!("{:.1} ms", ns as f64 / 1e6)
+}
+
 /// What ended a data session, for the requirement its probe checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EndedBy {
@@ -179,6 +200,11 @@ pub(crate) struct RoleCtx<'d> {
     pub ended: Vec<(DataFd, SessionKind, EndedBy)>,
     /// When the device last stopped running (downtime starts).
     pub stopped_at: Option<Instant>,
+    /// How long the last SET took.
+    pub last_set_ns: u64,
+    /// The source's share of downtime in the last STOP_COPY stream read
+    /// to its end, for the resume that follows.
+    pub downtime_ns: Option<u64>,
     /// DMA logging started and not stopped.
     pub logging: bool,
     /// The ranges the START that began it logs.
@@ -187,9 +213,62 @@ pub(crate) struct RoleCtx<'d> {
     pub precopy_info_v2: bool,
     /// The v1 migration region, found when a v1 case starts.
     pub region: Option<v1::V1Region>,
-    /// A complete, unaltered stream was written in the current RESUMING
-    /// session, so leaving RESUMING must succeed.
-    pub resume_loaded: bool,
+    /// What the writes of the current RESUMING session delivered, which
+    /// decides how leaving RESUMING must end.
+    pub delivered: Delivered,
+}
+
+/// What the writes of a RESUMING session delivered. A stream is delivered
+/// only when write() accepted every byte of it: a write that fails
+/// delivers nothing (vfio.h: RESUMING -> STOP processes "the data
+/// delivered by write()"), so after a refused write the driver holds at
+/// most a part of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Not exactly one whole, unaltered stream (why): nothing, a part, an
+    /// altered stream, or a stream with bytes beyond its end accepted.
+    /// Every arc out of RESUMING must fail (V2-RESUME-03/04/05).
+    Unfit(String),
+    /// One whole unaltered stream, every byte accepted: leaving RESUMING
+    /// must succeed (V2-RESUME-01).
+    Stream,
+    /// The whole unaltered stream was accepted and only bytes written
+    /// beyond its end were refused: what write() delivered is the stream,
+    /// so RESUMING -> STOP may load it; it may also refuse the session the
+    /// user overfilled. Either way the overflow was rejected (V2-RESUME-05).
+    StreamOverflowRefused,
+}
+
+impl Delivered {
+    /// What `written` bytes accepted of a stream of `len` bytes altered by
+    /// `m`, ending with `err`, delivered.
+    pub fn of(m: &crate::scenario::Mutation, len: u64, written: u64, err: Option<Errno>) -> Self {
+        let altered = m.truncate > 0 || !m.corrupt.is_empty();
+        match err {
+            _ if altered => Delivered::Unfit(format!(
+                "an altered stream{}",
+                match err {
+                    Some(e) => format!(", refused with {} after {written} bytes", errno_name(e)),
+                    None => format!(", {written} bytes accepted"),
+                }
+            )),
+            None if m.extra == 0 => Delivered::Stream,
+            None => Delivered::Unfit(format!(
+                "all {written} bytes accepted, {} of them beyond the end of the {len}-byte stream",
+                written.saturating_sub(len)
+            )),
+            Some(_) if m.extra > 0 && written == len => Delivered::StreamOverflowRefused,
+            Some(e) if written < len => Delivered::Unfit(format!(
+                "write failed with {} after {written} of the stream's {len} bytes",
+                errno_name(e)
+            )),
+            Some(e) => Delivered::Unfit(format!(
+                "{} bytes beyond the end of the {len}-byte stream accepted before write failed with {}",
+                written - len,
+                errno_name(e)
+            )),
+        }
+    }
 }
 
 /// Ended-session fds kept open for probing; older ones are closed.
@@ -244,11 +323,13 @@ impl<'a, 'd> Exec<'a, 'd> {
             session: None,
             ended: Vec::new(),
             stopped_at: None,
+            last_set_ns: 0,
+            downtime_ns: None,
             logging: false,
             logged_ranges: Vec::new(),
             precopy_info_v2: false,
             region: None,
-            resume_loaded: false,
+            delivered: Delivered::Unfit("no data written".into()),
         };
         Exec {
             opts,
@@ -438,12 +519,17 @@ impl<'a, 'd> Exec<'a, 'd> {
         let key = self.key(step, path);
         match &step.op {
             Op::Repeat { times, steps } => {
-                for _ in 0..*times {
+                let mut rounds = LoopClock::new();
+                for done in 0..*times {
+                    if self.loop_cut(&key, "repeat", u64::from(done), u64::from(*times), &rounds) {
+                        break;
+                    }
                     self.steps(steps, path)?;
+                    rounds.lap();
                 }
                 Ok(())
             }
-            Op::ForEach { vars, steps } => self.for_each(step.role, vars, steps, path),
+            Op::ForEach { vars, steps } => self.for_each(step.role, vars, steps, path, &key),
             Op::Sleep(d) => {
                 std::thread::sleep((*d).min(self.wait_budget()));
                 Ok(())
@@ -468,6 +554,7 @@ impl<'a, 'd> Exec<'a, 'd> {
         vars: &[(String, StateSet)],
         steps: &[Step],
         path: &mut Vec<usize>,
+        key: &StepKey,
     ) -> Flow {
         let flags = self.role(role)?.flags;
         let sets: Vec<Vec<u32>> = vars.iter().map(|(_, s)| state_set(flags, s)).collect();
@@ -475,13 +562,19 @@ impl<'a, 'd> Exec<'a, 'd> {
         if sets.iter().any(Vec::is_empty) {
             return Ok(());
         }
+        let total: u64 = sets.iter().map(|s| s.len() as u64).product();
+        let mut rounds = LoopClock::new();
         loop {
+            if self.loop_cut(key, "for_each", rounds.rounds, total, &rounds) {
+                return Ok(());
+            }
             for (i, (name, _)) in vars.iter().enumerate() {
                 self.bindings.push((name.clone(), sets[i][idx[i]]));
             }
             let r = self.steps(steps, path);
             self.bindings.truncate(self.bindings.len() - vars.len());
             r?;
+            rounds.lap();
             // Odometer over the cartesian product, last variable fastest.
             let mut d = sets.len();
             loop {
@@ -496,6 +589,64 @@ impl<'a, 'd> Exec<'a, 'd> {
                 idx[d] = 0;
             }
         }
+    }
+}
+
+/// Rounds of a loop and the slowest of them.
+pub(crate) struct LoopClock {
+    started: Instant,
+    pub rounds: u64,
+    slowest: Duration,
+}
+
+impl LoopClock {
+    pub fn new() -> Self {
+        LoopClock {
+            started: Instant::now(),
+            rounds: 0,
+            slowest: Duration::ZERO,
+        }
+    }
+
+    /// One round ended.
+    pub fn lap(&mut self) {
+        let now = Instant::now();
+        self.slowest = self.slowest.max(now - self.started);
+        self.started = now;
+        self.rounds += 1;
+    }
+}
+
+impl Exec<'_, '_> {
+    /// Whether a loop must stop before round `done` of `total`: the case
+    /// deadline is too close for another round and what follows. Says so
+    /// in a note naming the loop and where it was cut.
+    pub(crate) fn loop_cut(
+        &mut self,
+        key: &StepKey,
+        what: &str,
+        done: u64,
+        total: u64,
+        clock: &LoopClock,
+    ) -> bool {
+        let Some(deadline) = self.opts.deadline else {
+            return false;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reserve = LOOP_RESERVE.max(clock.slowest.saturating_mul(3));
+        if left > reserve {
+            return false;
+        }
+        let at = key
+            .loc
+            .as_ref()
+            .map_or_else(|| format!("step {}", key.prefix), |l| l.to_string());
+        self.note(format!(
+            "{what} at {at} cut by time after {done} of {total} rounds: {} left before the case deadline, the slowest round took {}",
+            humantime::format_duration(Duration::from_millis(left.as_millis() as u64)),
+            humantime::format_duration(Duration::from_millis(clock.slowest.as_millis() as u64)),
+        ));
+        true
     }
 }
 

@@ -206,3 +206,53 @@ fn repeated_checks_merge_and_keep_the_first_failure() {
         ]
     );
 }
+
+#[test]
+fn a_stream_is_delivered_only_when_every_byte_of_it_was_accepted() {
+    use crate::scenario::Mutation;
+    let plain = Mutation::default();
+    let extra = Mutation {
+        extra: 64,
+        ..Mutation::default()
+    };
+    let corrupt = Mutation {
+        corrupt: vec![0],
+        ..Mutation::default()
+    };
+    let unfit = |d: &Delivered| matches!(d, Delivered::Unfit(_));
+    assert_eq!(Delivered::of(&plain, 100, 100, None), Delivered::Stream);
+    // A refused write in the middle: the driver holds a part.
+    assert!(unfit(&Delivered::of(&plain, 100, 40, Some(Errno::EFAULT))));
+    assert!(unfit(&Delivered::of(&plain, 100, 0, Some(Errno::EFAULT))));
+    // Altered streams never fit, accepted or refused.
+    assert!(unfit(&Delivered::of(&corrupt, 100, 100, None)));
+    assert!(unfit(&Delivered::of(&corrupt, 100, 0, Some(Errno::EFAULT))));
+    // The overflow: refused exactly at the end, refused with stream bytes
+    // in the refused write, or accepted.
+    assert_eq!(
+        Delivered::of(&extra, 100, 100, Some(Errno::ENOSPC)),
+        Delivered::StreamOverflowRefused
+    );
+    assert!(unfit(&Delivered::of(&extra, 100, 96, Some(Errno::ENOMEM))));
+    assert!(unfit(&Delivered::of(&extra, 100, 120, Some(Errno::ENOSPC))));
+    assert!(unfit(&Delivered::of(&extra, 100, 164, None)));
+}
+
+#[test]
+fn leaving_resuming_after_a_refused_write_must_fail_on_every_arc() {
+    let steps = "  - set_state: STOP\n  - save: { into: s }\n  - set_state: RESUMING\n  - write: { from: s, corrupt: [0] }\n  - set_state: RUNNING\n";
+    let clean = events("sim", steps, &ExecOptions::default());
+    assert!(failures(&clean).is_empty(), "{:?}", failures(&clean));
+    let faulty = events(
+        "sim:fault=refused-write-loaded",
+        steps,
+        &ExecOptions::default(),
+    );
+    let failed = failures(&faulty);
+    assert!(
+        failed
+            .iter()
+            .any(|c| c.ids.iter().any(|i| i == "V2-RESUME-04") && c.name.ends_with("result")),
+        "{failed:?}"
+    );
+}

@@ -41,7 +41,11 @@ impl Exec<'_, '_> {
         self.set_state(role, MigState::Stop.raw(), None, &walk_key)?;
         self.save(role, &load.from, load.chunk, None, &walk_key)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for _ in 0..steps {
+        let mut rounds = LoopClock::new();
+        for done in 0..steps {
+            if self.loop_cut(key, "walk", done, steps, &rounds) {
+                break;
+            }
             let cur = match self.role(role)?.state {
                 Some(s) => s,
                 None => self.restart(role)?,
@@ -57,7 +61,7 @@ impl Exec<'_, '_> {
                 let _ = ctx.dev.data_close(fd);
             }
             let fresh_resume = ctx.state == Some(MigState::Resuming)
-                && !ctx.resume_loaded
+                && ctx.delivered != Delivered::Stream
                 && ctx
                     .session
                     .as_ref()
@@ -81,6 +85,7 @@ impl Exec<'_, '_> {
                     );
                 }
             }
+            rounds.lap();
         }
         Ok(())
     }

@@ -204,6 +204,9 @@ const SET: &[&str] = &[
     "V2-FSM-08",
     "V2-FSM-10",
     "V2-RESET-03",
+    "V2-RESUME-03",
+    "V2-RESUME-04",
+    "V2-TIME-01",
 ];
 
 /// Every operation, in the order the reference lists them.
@@ -267,6 +270,7 @@ pub const OPERATIONS: &[OpInfo] = &[
             "V2-SAVE-02",
             "V2-PRECOPY-06",
             "V2-PRECOPY-07",
+            "V2-TIME-02",
             "KERNEL-02",
         ]),
     },
@@ -369,6 +373,8 @@ pub const OPERATIONS: &[OpInfo] = &[
             "V2-SAVE-02",
             "V2-SIZE-03",
             "V2-SIZE-04",
+            "V2-TIME-01",
+            "V2-TIME-02",
         ]),
     },
     OpInfo {
@@ -376,7 +382,13 @@ pub const OPERATIONS: &[OpInfo] = &[
         scope: Scope::V2,
         observes: &["ok", "rejected", "errno"],
         sets: &[],
-        checks: Checks::Same(&["V2-RESUME-01", "V2-RESUME-03"]),
+        checks: Checks::Same(&[
+            "V2-RESUME-01",
+            "V2-RESUME-03",
+            "V2-RESUME-04",
+            "V2-TIME-01",
+            "V2-TIME-02",
+        ]),
     },
     OpInfo {
         name: "pipe",

@@ -31,6 +31,7 @@ pub enum Fault {
     CorruptHeaderAccepted,
     OversizeResumeAccepted,
     IncompatibleTypeAccepted,
+    RefusedWriteLoaded,
     StopCopyLengthUnder,
     StopCopyLengthOver,
     PrecopyInfoOutsidePrecopy,
@@ -41,6 +42,7 @@ pub enum Fault {
     NewFdOnPrecopyToStopCopy,
     NoFdOnStopToStopCopy,
     StaleFdAfterSession,
+    StagedDataAfterSession,
     DataFdNotCloexec,
     StateReportedEarly,
     SpontaneousStateChange,
@@ -58,6 +60,7 @@ pub enum Fault {
     LoggingRangesUnchecked,
     LoggingReportUnsupported,
     SlowTransition,
+    SlowStop,
     HangTransition,
     HangRead,
     ErrorOnResumeStays,
@@ -134,7 +137,7 @@ impl FaultSet {
 
 const _: () = assert!(CATALOGUE.len() <= 64, "FaultSet holds 64 faults");
 
-use Expected::{Fail, Note, Pass, Timeout, Warn};
+use Expected::{Fail, Note, Timeout, Warn};
 use Strength::{Df, Must, Should};
 
 const fn v2(
@@ -173,7 +176,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 45] = [
+static CATALOGUE: [FaultInfo; 48] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -245,6 +248,15 @@ static CATALOGUE: [FaultInfo; 45] = [
         Fail,
         "a stream from another device type is accepted",
         Some("no device-type or firmware-version compatibility check on resume"),
+    ),
+    v2(
+        Fault::RefusedWriteLoaded,
+        "refused-write-loaded",
+        "V2-RESUME-04",
+        Must,
+        Fail,
+        "a write() refused for invalid data still counts its bytes, and RESUMING->STOP loads what arrived",
+        Some("mtty sample driver (mtty_resume_write() adds a refused write's length to filled_size; mtty_load_state() checks only the size)"),
     ),
     v2(
         Fault::StopCopyLengthUnder,
@@ -335,6 +347,15 @@ static CATALOGUE: [FaultInfo; 45] = [
         Fail,
         "a saving fd keeps delivering its unread data after its session ended (observable when data was left unread)",
         Some("migration file not disabled when the device leaves the saving group"),
+    ),
+    v2(
+        Fault::StagedDataAfterSession,
+        "staged-data-after-session",
+        "V2-FSM-09",
+        Must,
+        Fail,
+        "a saving fd whose session ended in the middle of a record still delivers the rest of that record (observable only after a partial read)",
+        Some("read handler that serves its staged buffer before checking that the file was disabled"),
     ),
     v2(
         Fault::DataFdNotCloexec,
@@ -483,11 +504,20 @@ static CATALOGUE: [FaultInfo; 45] = [
     v2(
         Fault::SlowTransition,
         "slow-transition",
-        "V2-FSM-03",
-        Must,
-        Pass,
-        "the first SET to STOP_COPY takes 200 ms; only the recorded latency changes",
+        "V2-TIME-01",
+        Should,
+        Warn,
+        "the first SET to STOP_COPY takes 1.2 s; the transition itself is right",
         Some("a first save that quiesces firmware or allocates large buffers"),
+    ),
+    v2(
+        Fault::SlowStop,
+        "slow-stop",
+        "V2-TIME-02",
+        Should,
+        Warn,
+        "the first stop of the running device takes 400 ms: within --arc-latency-limit, over the downtime budget",
+        Some("a stop that waits for in-flight work or a firmware quiesce command"),
     ),
     v2(
         Fault::HangTransition,
@@ -612,11 +642,11 @@ mod tests {
                 Must => Fail,
                 Should => Warn,
                 Df => Note,
-                Strength::Info => Pass,
+                Strength::Info => Expected::Pass,
             };
             assert!(
                 info.expected == by_strength
-                    || matches!(info.expected, Pass | Timeout)
+                    || matches!(info.expected, Expected::Pass | Timeout)
                     || (info.fault == Fault::V1PendingSideEffect && info.expected == Fail),
                 "{}: {:?} for a {:?} rule",
                 info.name,

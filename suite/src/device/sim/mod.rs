@@ -50,8 +50,12 @@ use v1::V1Region;
 
 /// The first data fd number the simulator hands out.
 const FIRST_DATA_FD: DataFd = 1000;
-/// `slow-transition`: the time the first SET to STOP_COPY takes.
-const SLOW_SET: Duration = Duration::from_millis(200);
+/// `slow-transition`: the time the first SET to STOP_COPY takes (over the
+/// default --arc-latency-limit).
+const SLOW_SET: Duration = Duration::from_millis(1200);
+/// `slow-stop`: the time the first stop of the running device takes
+/// (within the arc limit, over the default --downtime-budget).
+const SLOW_STOP: Duration = Duration::from_millis(400);
 /// `spontaneous-state-change`: GETs in STOP before the device moves.
 const GETS_BEFORE_MOVING: u32 = 3;
 /// Number of regions of a vfio-pci device (BARs, ROM, config, VGA).
@@ -123,6 +127,9 @@ struct DataFile {
     saving: bool,
     /// `stale-fd-after-session`: the saver keeps serving after its session.
     stale: Option<Box<Saver>>,
+    /// `staged-data-after-session`: the rest of the record being read when
+    /// the session ended.
+    staged: Vec<u8>,
 }
 
 /// The simulated device.
@@ -151,6 +158,8 @@ pub struct Simulator {
     stop_gets: u32,
     /// `slow-transition`: the slow SET has happened.
     slow_done: bool,
+    /// `slow-stop`: the slow stop has happened.
+    slow_stop_done: bool,
     /// `error-on-resume-stays`: ERROR came from a failed resume.
     resume_error: bool,
     /// `enomsg-in-stop-copy`: ENOMSG was returned once.
@@ -212,6 +221,7 @@ impl Simulator {
             early: None,
             stop_gets: 0,
             slow_done: false,
+            slow_stop_done: false,
             resume_error: false,
             enomsg_given: false,
             config,
@@ -287,6 +297,7 @@ impl Simulator {
             DataFile {
                 saving,
                 stale: None,
+                staged: Vec::new(),
             },
         );
         fd
@@ -298,8 +309,11 @@ impl Simulator {
             return;
         };
         if let SessionKind::Save(saver) = session.kind {
-            if self.has(Fault::StaleFdAfterSession) {
-                if let Some(file) = self.fds.get_mut(&session.fd) {
+            if let Some(file) = self.fds.get_mut(&session.fd) {
+                if self.faults.has(Fault::StagedDataAfterSession) {
+                    file.staged = saver.staged().to_vec();
+                }
+                if self.faults.has(Fault::StaleFdAfterSession) {
                     file.stale = Some(saver);
                 }
             }
@@ -347,6 +361,7 @@ impl Simulator {
             }) => {
                 loader.is_complete()
                     || (self.has(Fault::TruncatedResumeAccepted) && !loader.has_failed())
+                    || (self.has(Fault::RefusedWriteLoaded) && loader.has_failed())
             }
             _ => false,
         };
@@ -484,13 +499,24 @@ impl Simulator {
     }
 
     /// How long a SET to `target` takes: the configured latency, plus
-    /// [`SLOW_SET`] for the first STOP_COPY under `slow-transition`.
+    /// [`SLOW_SET`] for the first STOP_COPY under `slow-transition`, plus
+    /// [`SLOW_STOP`] for the first stop of the running device under
+    /// `slow-stop`.
     fn set_delay(&mut self, target: u32) -> Duration {
         let mut delay = self.config.latency();
         if self.has(Fault::SlowTransition) && !self.slow_done && target == MigState::StopCopy.raw()
         {
             self.slow_done = true;
             delay += SLOW_SET;
+        }
+        let running = matches!(self.state, MigState::Running | MigState::RunningP2p);
+        if self.has(Fault::SlowStop)
+            && !self.slow_stop_done
+            && running
+            && target == MigState::Stop.raw()
+        {
+            self.slow_stop_done = true;
+            delay += SLOW_STOP;
         }
         delay
     }
@@ -881,7 +907,16 @@ impl Device for Simulator {
         if faults.has(Fault::HangRead) {
             hang();
         }
-        let saver = saver.ok_or(Errno::ENODEV)?;
+        let Some(saver) = saver else {
+            let file = self.fds.get_mut(&fd).ok_or(Errno::EBADF)?;
+            if file.staged.is_empty() {
+                return Err(Errno::ENODEV);
+            }
+            let n = file.staged.len().min(buf.len());
+            buf[..n].copy_from_slice(&file.staged[..n]);
+            file.staged.drain(..n);
+            return Ok(n);
+        };
         if buf.is_empty() {
             return Ok(0);
         }

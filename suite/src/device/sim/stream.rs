@@ -406,6 +406,11 @@ impl Saver {
         done
     }
 
+    /// The rest of the record being read (empty between records).
+    pub fn staged(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
     fn buffered(&self) -> u64 {
         (self.buf.len() - self.pos) as u64
     }

@@ -52,6 +52,15 @@ impl Exec<'_, '_> {
             let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
             if end == End::Eof && state == Some(MigState::StopCopy) {
                 self.transfer(role, Direction::Save, total, dur, chunk, downtime);
+                if let Some(d) = downtime {
+                    self.judge_downtime(
+                        key,
+                        "downtime",
+                        d,
+                        "from leaving RUNNING to the end of the STOP_COPY stream",
+                    );
+                }
+                self.role(role)?.downtime_ns = downtime;
             }
         }
         self.read_checks(role, fd, until, state, total, end, enomsg_seen, bound, key)?;
@@ -367,9 +376,10 @@ impl Exec<'_, '_> {
             }
         })();
         self.buf = buf;
+        let len = stream.len();
         self.buffers.insert(w.from.clone(), stream);
-        if let Ok((_, err)) = &result {
-            self.role(role)?.resume_loaded = err.is_none() && w.mutation.is_none();
+        if let Ok((written, err)) = &result {
+            self.role(role)?.delivered = Delivered::of(&w.mutation, len, *written, *err);
         }
         result
     }
@@ -572,6 +582,33 @@ impl Exec<'_, '_> {
             },
         );
         Ok(())
+    }
+}
+
+impl Exec<'_, '_> {
+    /// V2-TIME-02: the device's share of a migration's downtime against
+    /// `--downtime-budget`.
+    pub(super) fn judge_downtime(
+        &mut self,
+        key: &StepKey,
+        kind: &'static str,
+        ns: u64,
+        what: &str,
+    ) {
+        let budget = self.opts.downtime_budget;
+        let pass = ns <= nanos(budget);
+        self.check_lazy(key, kind, pass, || {
+            Check::builtin(
+                kind,
+                "V2-TIME-02",
+                pass,
+                format!(
+                    "the device's downtime within {} (--downtime-budget)",
+                    humantime::format_duration(budget)
+                ),
+                format!("{} {what}", ms_text(ns)),
+            )
+        });
     }
 }
 

@@ -93,11 +93,19 @@ impl Exec<'_, '_> {
         let cur = self.current_state(role)?;
         let ctx = self.role(role)?;
         let flags = ctx.flags;
-        // Leaving RESUMING makes the driver judge the data written: without a
-        // complete stream it must refuse (V2-RESUME-03), whatever the table says.
-        let unloaded = cur == MigState::Resuming && !ctx.resume_loaded;
+        // Leaving RESUMING makes the driver judge the data delivered: unless
+        // it is one whole stream every arc out must fail (V2-RESUME-03/04),
+        // whatever the table says; a stream whose overflow alone was refused
+        // may be loaded or refused.
         let model = model::expect_set(flags, cur, target);
-        let incomplete = unloaded && matches!(model, Expectation::Moves { .. });
+        let leaves_resuming =
+            cur == MigState::Resuming && matches!(model, Expectation::Moves { .. });
+        let unfit = match &ctx.delivered {
+            Delivered::Unfit(why) if leaves_resuming => Some(why.clone()),
+            _ => None,
+        };
+        let either = leaves_resuming && ctx.delivered == Delivered::StreamOverflowRefused;
+        let incomplete = unfit.is_some() || either;
         let args = format!("{cur} -> {}", state_name(target));
         if model::is_dangerous(cur, target) && !self.opts.include_dangerous {
             self.note(format!(
@@ -115,17 +123,31 @@ impl Exec<'_, '_> {
 
         // The result of the SET itself.
         let explicit = self.expected_result(key, expect, &got);
-        if !explicit && incomplete {
+        if let (false, Some(why)) = (explicit, &unfit) {
             self.check(
                 key,
-                Check::builtin(
-                    "result",
-                    "V2-RESUME-03",
-                    r.result.is_err(),
-                    "an error: no complete stream was written in RESUMING".into(),
-                    ret_text(&got),
-                ),
+                Check {
+                    kind: "result",
+                    ids: vec!["V2-RESUME-03".into(), "V2-RESUME-04".into()],
+                    strength: Strength::Must,
+                    pass: r.result.is_err(),
+                    expected: format!(
+                        "an error: the data delivered in RESUMING is not one whole stream ({why})"
+                    ),
+                    observed: match r.result {
+                        Ok(()) => format!("{cur} -> {} succeeded", state_name(target)),
+                        Err(e) => format!("failed with {}", errno_name(e)),
+                    },
+                },
             );
+        } else if !explicit && either {
+            self.note(format!(
+                "{} after only the bytes beyond a whole stream were refused: loading the stream write() delivered and refusing the overfilled session are both allowed",
+                match r.result {
+                    Ok(()) => "RESUMING -> STOP succeeded".to_string(),
+                    Err(e) => format!("RESUMING -> STOP failed with {}", errno_name(e)),
+                }
+            ));
         } else if !explicit {
             let (id, pass) = match &model {
                 Expectation::NoOp => ("V2-FSM-06", r.result.is_ok()),
@@ -287,7 +309,7 @@ impl Exec<'_, '_> {
             }
             let ctx = self.role(role)?;
             if r.data_fd >= 0 {
-                ctx.resume_loaded = false;
+                ctx.delivered = Delivered::Unfit("no data written".into());
                 let kind = if after == Some(MigState::Resuming) {
                     SessionKind::Resuming
                 } else {
@@ -382,7 +404,22 @@ impl Exec<'_, '_> {
                 arc: format!("{cur}>{}", state_name(target)),
                 ns: took,
             });
+            let limit = self.opts.arc_latency_limit;
+            let pass = took <= nanos(limit);
+            self.check_lazy(key, "latency", pass, || {
+                Check::builtin(
+                    "latency",
+                    "V2-TIME-01",
+                    pass,
+                    format!(
+                        "SET returns within {} (--arc-latency-limit)",
+                        humantime::format_duration(limit)
+                    ),
+                    format!("{cur} -> {} took {}", state_name(target), ms_text(took)),
+                )
+            });
         }
+        self.role(role)?.last_set_ns = took;
         Ok(SetCall {
             r,
             got,

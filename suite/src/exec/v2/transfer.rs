@@ -128,8 +128,25 @@ impl Exec<'_, '_> {
             prefix: format!("{}-stop", key.prefix),
             loc: key.loc.clone(),
         };
+        let delivered = self.role(role)?.delivered.clone();
         let stop = self.set_unjudged(role, MigState::Stop.raw(), &stop_key)?;
         let now = self.role(role)?.state;
+        // The migration's device downtime: the source's share in its last
+        // save, then RESUMING -> STOP here.
+        let source = Role::ALL
+            .into_iter()
+            .filter_map(|r| self.roles[r as usize].as_ref())
+            .filter_map(|c| c.downtime_ns)
+            .max();
+        if let (true, Some(src)) = (stop && err.is_none(), source) {
+            let ns = src.saturating_add(self.role(role)?.last_set_ns);
+            self.judge_downtime(
+                key,
+                "downtime-total",
+                ns,
+                "source (leaving RUNNING to the end of its stream) plus RESUMING -> STOP here",
+            );
+        }
         let accepted = err.is_none() && stop;
         let observed = match (err, stop) {
             (Some(e), _) => format!(
@@ -140,6 +157,22 @@ impl Exec<'_, '_> {
             (None, true) => format!("{written} bytes written and RESUMING -> STOP succeeded"),
             (None, false) => format!("{written} bytes written; RESUMING -> STOP failed"),
         };
+        // The complete-stream rule: after a write refused before the whole
+        // stream was accepted, the driver holds a part of it, and loading
+        // that is never right, whatever the case expects of the write.
+        if let (Some(_), Delivered::Unfit(why)) = (err, &delivered) {
+            self.check(
+                &stop_key,
+                Check {
+                    kind: "complete-stream",
+                    ids: vec!["V2-RESUME-03".into(), "V2-RESUME-04".into()],
+                    strength: Strength::Must,
+                    pass: !stop,
+                    expected: format!("RESUMING -> STOP fails: {why}"),
+                    observed: observed.clone(),
+                },
+            );
+        }
         let want = expect.and_then(|e| e.result.as_ref().map(|r| (e, r)));
         match want {
             None | Some((_, ResultExpect::Ok)) => {
@@ -175,9 +208,15 @@ impl Exec<'_, '_> {
                 }
             }
             Some((e, w)) => {
+                // Refusing means RESUMING -> STOP fails; a write error is
+                // not a refusal when STOP then loads what was accepted. The
+                // one exception: the whole stream was accepted and only the
+                // bytes beyond it refused; that write error is the refusal
+                // of the overflow, and STOP may load the stream.
+                let overflow_only = delivered == Delivered::StreamOverflowRefused;
                 let pass = match w {
                     ResultExpect::Errno(list) => err.is_some_and(|x| list.contains(&x)),
-                    _ => !accepted,
+                    _ => overflow_only || !stop,
                 };
                 let expected = match w {
                     ResultExpect::Errno(list) => format!(
@@ -187,12 +226,23 @@ impl Exec<'_, '_> {
                             .collect::<Vec<_>>()
                             .join(" or ")
                     ),
-                    _ => "a write() error or RESUMING -> STOP failing".into(),
+                    _ if overflow_only => "the bytes beyond the stream refused by write()".into(),
+                    _ => "RESUMING -> STOP fails".into(),
                 };
                 self.check(
                     key,
                     Check::expected(e, "rejected", pass, expected, observed),
                 );
+                if overflow_only {
+                    self.note(format!(
+                        "only the bytes beyond the whole {written}-byte stream were refused; RESUMING -> STOP then {}",
+                        if stop {
+                            "loaded the stream"
+                        } else {
+                            "refused the overfilled session"
+                        }
+                    ));
+                }
                 if !stop {
                     self.check(
                         &stop_key,
@@ -313,7 +363,10 @@ impl Exec<'_, '_> {
             chunk as u64,
             downtime,
         );
-        self.role(to)?.resume_loaded = failure.is_none();
+        self.role(to)?.delivered = match &failure {
+            None => Delivered::Stream,
+            Some(why) => Delivered::Unfit(why.clone()),
+        };
         let stopped = self.set_state(to, MigState::Stop.raw(), None, key)?.ok;
         self.set_state(role, MigState::Stop.raw(), None, key)?;
         let pass = failure.is_none() && stopped;

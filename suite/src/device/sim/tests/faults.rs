@@ -105,6 +105,21 @@ fault_tests! {
         let foreign = save_from_stop(&mut sim("type=sim-b"), 1 << 20);
         resume(d, &foreign, 4096).is_err()
     };
+    refused_write_loaded: "refused-write-loaded", "", |d| {
+        let mut s = stream();
+        s[0] ^= 1;
+        go(d, Stop);
+        let fd = go(d, Resuming);
+        assert!(write_all(d, fd, &s, 4096).is_err(), "the header is refused");
+        set(d, Stop).result.is_err() && d.get_state() == Ok(Resuming)
+    };
+    staged_data_after_session: "staged-data-after-session", "", |d| {
+        go(d, Stop);
+        let fd = go(d, StopCopy);
+        d.data_read(fd, &mut [0; 7]).unwrap();
+        go(d, Stop);
+        d.data_read(fd, &mut [0; 4096]).is_err()
+    };
     stop_copy_length_under: "stop-copy-length-under", "", |d| {
         let estimate = d.stop_copy_length().unwrap();
         save_from_stop(d, 1 << 20).len() as u64 <= estimate
@@ -284,7 +299,12 @@ fault_tests! {
 }
 
 /// Faults whose rule is a matter of time, tested below.
-const TIMING: &[&str] = &["slow-transition", "hang-transition", "hang-read"];
+const TIMING: &[&str] = &[
+    "slow-transition",
+    "slow-stop",
+    "hang-transition",
+    "hang-read",
+];
 
 #[test]
 fn every_fault_is_tested() {
@@ -304,6 +324,10 @@ fn slow_transition() {
     assert_eq!(slow.set_delay(Stop.raw()), none, "only STOP_COPY is slow");
     assert_eq!(slow.set_delay(StopCopy.raw()), SLOW_SET);
     assert_eq!(slow.set_delay(StopCopy.raw()), none, "only the first time");
+    let mut stop = sim("fault=slow-stop");
+    assert_eq!(stop.set_delay(StopCopy.raw()), none, "only STOP is slow");
+    assert_eq!(stop.set_delay(Stop.raw()), SLOW_STOP);
+    assert_eq!(stop.set_delay(Stop.raw()), none, "only the first time");
     let latency = Duration::from_millis(20);
     assert_eq!(sim("latency=20ms").set_delay(Stop.raw()), latency);
     // And the SET does wait that long.
