@@ -7,7 +7,7 @@
 //! the parent reads the child's lines, prints them, resets a device whose
 //! child had to be killed, and writes the `--json` record.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use crate::cli::{LiveArgs, MigrateArgs, ReceiveArgs};
 use crate::output::write_atomic;
 use crate::protocol::ChildLine;
 use crate::signals;
-use crate::transfer::{child_command, child_run, conclude, mib, or_unknown, supervise};
+use crate::transfer::{child_command, child_run, conclude, supervise};
 use crate::usage::Usage;
 
 /// How often a listener or a refused connect is retried.
@@ -48,78 +48,6 @@ fn opts(live: &LiveArgs, max_precopy: u32, downtime_limit: Duration) -> LiveOpti
         idle: live.idle_timeout,
         resave: live.resave.clone(),
     }
-}
-
-/// Prints the address `receive` listens on, at once: whoever starts the
-/// source waits for this line.
-pub fn announce(addr: &str) {
-    println!("listening on {addr}");
-    let _ = io::stdout().flush();
-}
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-fn rate(bytes: u64, ns: u64) -> String {
-    format!("{:.1} MiB/s", mib(bytes) / secs(ns).max(1e-9))
-}
-
-/// What one side of a live migration prints: one fact a line, `name:
-/// value`, so that scripts can pick them out.
-pub fn describe(s: &LiveSummary) -> String {
-    let mut out = String::new();
-    let (verb, towards) = if s.role == "source" {
-        ("migrated", "to")
-    } else {
-        ("received", "from")
-    };
-    out.push_str(&format!(
-        "{verb} {} ({}, {}) {towards} {}: {} bytes, checksum {:#018x}\n",
-        s.device,
-        or_unknown(&s.driver),
-        or_unknown(&s.device_type),
-        s.peer,
-        s.bytes(),
-        s.checksum
-    ));
-    out.push_str(&format!("precopy iterations: {}\n", s.precopy_iterations));
-    out.push_str(&format!(
-        "precopy: {} bytes in {:.3}s ({})\n",
-        s.precopy_bytes,
-        secs(s.precopy_ns),
-        rate(s.precopy_bytes, s.precopy_ns)
-    ));
-    out.push_str(&format!(
-        "stop-copy: {} bytes in {:.3}s ({})\n",
-        s.stop_copy_bytes,
-        secs(s.stop_copy_ns),
-        rate(s.stop_copy_bytes, s.stop_copy_ns)
-    ));
-    if !s.switch_reason.is_empty() {
-        out.push_str(&format!("switch: {}\n", s.switch_reason));
-    }
-    match s.downtime_ns {
-        Some(ns) => out.push_str(&format!(
-            "downtime: {:.3} ms (from the source leaving RUNNING until the destination was RUNNING)\n",
-            ns as f64 / 1e6
-        )),
-        None => out.push_str("downtime: unknown (the source's SUMMARY did not arrive)\n"),
-    }
-    out.push_str(&format!(
-        "throughput: {} ({} bytes in {:.3}s)\n",
-        rate(s.bytes(), s.total_ns),
-        s.bytes(),
-        secs(s.total_ns)
-    ));
-    if let Some(r) = &s.resaved {
-        out.push_str(&format!(
-            "saved again to {}: {} bytes, checksum {:#018x}\n",
-            r.file, r.bytes, r.checksum
-        ));
-    }
-    out.push_str(&format!("the device is in {}\n", s.state));
-    out
 }
 
 /// The child's side of the connection: a connect retried while the peer

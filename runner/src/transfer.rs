@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use results::Grading;
 use suite::device::DeviceSpec;
+use suite::migrate::live::LiveSummary;
 use suite::migrate::{self, fail, Fail, Failure, Job, Origin, Report, ResumeOptions, SaveSummary};
 use suite::savefile::{self, SaveHeader};
 use suite::scenario::Protocol;
@@ -182,7 +183,7 @@ pub(crate) fn supervise(cmd: Command, timeout: Duration) -> Supervised {
                     match &line {
                         ChildLine::Doing(what) => s.doing = Some(what.clone()),
                         // Who starts the source waits for this line.
-                        ChildLine::Listening(addr) => crate::live::announce(addr),
+                        ChildLine::Listening(addr) => announce(addr),
                         ChildLine::Temp(path) => s.temps.push(PathBuf::from(path)),
                         _ => {}
                     }
@@ -311,7 +312,7 @@ pub(crate) fn conclude(s: &Supervised, spec: &DeviceSpec, timeout: Duration, wha
                 code = Some(0);
             }
             ChildLine::Migrated(m) => {
-                print!("{}", crate::live::describe(m));
+                print!("{}", describe_live(m));
                 code = Some(0);
             }
             ChildLine::Failed { kind, message } => {
@@ -465,6 +466,78 @@ pub fn resume(args: &ResumeArgs) -> Result<i32> {
     }
     let s = supervise(cmd, args.timeout);
     Ok(conclude(&s, &args.device, args.timeout, "resume"))
+}
+
+/// Prints the address `receive` listens on, at once: whoever starts the
+/// source waits for this line.
+fn announce(addr: &str) {
+    println!("listening on {addr}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn rate(bytes: u64, ns: u64) -> String {
+    format!("{:.1} MiB/s", mib(bytes) / secs(ns).max(1e-9))
+}
+
+/// What one side of a live migration prints: one fact a line, `name:
+/// value`, so that scripts can pick them out.
+fn describe_live(s: &LiveSummary) -> String {
+    let mut out = String::new();
+    let (verb, towards) = if s.role == "source" {
+        ("migrated", "to")
+    } else {
+        ("received", "from")
+    };
+    out.push_str(&format!(
+        "{verb} {} ({}, {}) {towards} {}: {} bytes, checksum {:#018x}\n",
+        s.device,
+        or_unknown(&s.driver),
+        or_unknown(&s.device_type),
+        s.peer,
+        s.bytes(),
+        s.checksum
+    ));
+    out.push_str(&format!("precopy iterations: {}\n", s.precopy_iterations));
+    out.push_str(&format!(
+        "precopy: {} bytes in {:.3}s ({})\n",
+        s.precopy_bytes,
+        secs(s.precopy_ns),
+        rate(s.precopy_bytes, s.precopy_ns)
+    ));
+    out.push_str(&format!(
+        "stop-copy: {} bytes in {:.3}s ({})\n",
+        s.stop_copy_bytes,
+        secs(s.stop_copy_ns),
+        rate(s.stop_copy_bytes, s.stop_copy_ns)
+    ));
+    if !s.switch_reason.is_empty() {
+        out.push_str(&format!("switch: {}\n", s.switch_reason));
+    }
+    match s.downtime_ns {
+        Some(ns) => out.push_str(&format!(
+            "downtime: {:.3} ms (from the source leaving RUNNING until the destination was RUNNING)\n",
+            ns as f64 / 1e6
+        )),
+        None => out.push_str("downtime: unknown (the source's SUMMARY did not arrive)\n"),
+    }
+    out.push_str(&format!(
+        "throughput: {} ({} bytes in {:.3}s)\n",
+        rate(s.bytes(), s.total_ns),
+        s.bytes(),
+        secs(s.total_ns)
+    ));
+    if let Some(r) = &s.resaved {
+        out.push_str(&format!(
+            "saved again to {}: {} bytes, checksum {:#018x}\n",
+            r.file, r.bytes, r.checksum
+        ));
+    }
+    out.push_str(&format!("the device is in {}\n", s.state));
+    out
 }
 
 #[cfg(test)]
