@@ -41,7 +41,10 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
                             .map_or(inner.len(), |(i, _)| i);
                         &inner[..end]
                     }
-                    None => rest.split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap(),
+                    None => rest
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap(),
                 };
                 for word in region.split(|c: char| !c.is_alphanumeric() && c != '_') {
                     if word != name && modules.contains(&word.to_string()) {
@@ -57,7 +60,10 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn no_runner_file_imports_one_that_imports_it_back() {
     let graph = imports();
-    assert!(graph["run"].contains("cli"), "the scan sees imports: {graph:?}");
+    assert!(
+        graph["run"].contains("cli"),
+        "the scan sees imports: {graph:?}"
+    );
     // Depth-first search with colours: grey on the stack, black done.
     fn visit<'a>(
         n: &'a str,
@@ -71,7 +77,10 @@ fn no_runner_file_imports_one_that_imports_it_back() {
         if let Some(at) = stack.iter().position(|s| *s == n) {
             let mut cycle = stack[at..].to_vec();
             cycle.push(n);
-            panic!("import cycle among runner/src files: {}", cycle.join(" -> "));
+            panic!(
+                "import cycle among runner/src files: {}",
+                cycle.join(" -> ")
+            );
         }
         stack.push(n);
         for m in &graph[n] {
