@@ -24,7 +24,9 @@
 
 mod config;
 mod faults;
+mod fsm;
 mod logging;
+mod regions;
 mod stream;
 mod v1;
 
@@ -45,6 +47,7 @@ pub use faults::{catalogue, Expected, Fault, FaultInfo};
 
 use faults::FaultSet;
 use logging::DmaLog;
+use regions::config_space;
 use stream::{mix64, Checks, Content, Geometry, Header, Loader, Phase, Saver};
 use v1::V1Region;
 
@@ -383,166 +386,6 @@ impl Simulator {
         Ok(())
     }
 
-    /// One arc of the state machine, like `mtty_step_state()`; returns the
-    /// data fd the arc opens.
-    fn step(&mut self, next: MigState) -> Result<Option<DataFd>, Errno> {
-        use MigState::*;
-        if next == StopCopy && self.has(Fault::HangTransition) {
-            hang();
-        }
-        Ok(match (self.state, next) {
-            (Running, PreCopy) | (RunningP2p, PreCopyP2p) => Some(self.open_save(Phase::PreCopy)),
-            (Stop, StopCopy) => {
-                let fd = self.open_save(Phase::StopCopy);
-                if self.has(Fault::NoFdOnStopToStopCopy) {
-                    self.fds.remove(&fd);
-                    None
-                } else {
-                    Some(fd)
-                }
-            }
-            (Stop, Resuming) => Some(self.open_resume()),
-            (PreCopy | PreCopyP2p, StopCopy) => {
-                if let Some(saver) = self.saver_mut() {
-                    saver.set_phase(Phase::StopCopy);
-                }
-                if self.has(Fault::NewFdOnPrecopyToStopCopy) && self.session.is_some() {
-                    let fd = self.new_fd(true);
-                    if let Some(session) = &mut self.session {
-                        session.fd = fd;
-                    }
-                    Some(fd)
-                } else {
-                    None
-                }
-            }
-            (Resuming, Stop) => {
-                self.finish_resume()?;
-                None
-            }
-            (PreCopy, Running) | (PreCopyP2p, RunningP2p) | (StopCopy, Stop) => {
-                self.end_session();
-                None
-            }
-            _ => None,
-        })
-    }
-
-    /// SET MIG_DEVICE_STATE, walking arc by arc like `mtty_set_state()`.
-    fn walk_to(&mut self, target: u32) -> Result<Option<DataFd>, Errno> {
-        let start = self.state;
-        self.stop_gets = 0;
-        let target_state = MigState::from_raw(target);
-        if start == MigState::Error {
-            let leaves = self.has(Fault::ErrorOnResumeStays)
-                && self.resume_error
-                && target_state.is_some_and(|t| t != MigState::Error && self.flags.supports(t));
-            if !leaves {
-                return Err(Errno::EINVAL);
-            }
-            self.state = MigState::Stop;
-        } else if target_state == Some(MigState::Error) && self.has(Fault::SetErrorAccepted) {
-            self.end_session();
-            self.state = MigState::Error;
-            self.early = Some(start);
-            return Ok(None);
-        } else if start == MigState::StopCopy
-            && self.has(Fault::StopCopyToPreCopyAccepted)
-            && target_state.is_some_and(|t| t.is_precopy() && self.flags.supports(t))
-        {
-            if let Some(saver) = self.saver_mut() {
-                saver.set_phase(Phase::PreCopy);
-            }
-            self.state = target_state.unwrap_or(start);
-            self.early = Some(start);
-            return Ok(None);
-        }
-        let mut fd = None;
-        while self.state.raw() != target {
-            let next = next_state(self.flags, self.state, target).ok_or(Errno::EINVAL)?;
-            fd = self.step(next)?;
-            self.state = next;
-        }
-        if self.state != start {
-            self.early = Some(start);
-            self.resume_error = false;
-        }
-        Ok(fd)
-    }
-
-    fn report_state(&mut self) -> MigState {
-        let mut reported = self.state;
-        if self.has(Fault::StateReportedEarly) {
-            if let Some(previous) = self.early.take() {
-                reported = previous;
-            }
-        }
-        if self.has(Fault::SpontaneousStateChange) && self.state == MigState::Stop {
-            self.stop_gets += 1;
-            if self.stop_gets >= GETS_BEFORE_MOVING {
-                self.state = MigState::Running;
-                self.stop_gets = 0;
-            }
-        }
-        reported
-    }
-
-    fn announced_length(&self) -> u64 {
-        let exact = self.content.geometry.stream_len();
-        if self.has(Fault::StopCopyLengthUnder) {
-            exact / 2
-        } else if self.has(Fault::StopCopyLengthOver) {
-            exact * 8
-        } else {
-            exact
-        }
-    }
-
-    /// How long a SET to `target` takes: the configured latency, plus
-    /// [`SLOW_SET`] for the first STOP_COPY under `slow-transition`, plus
-    /// [`SLOW_STOP`] for the first stop of the running device under
-    /// `slow-stop`.
-    fn set_delay(&mut self, target: u32) -> Duration {
-        let mut delay = self.config.latency();
-        if self.has(Fault::SlowTransition) && !self.slow_done && target == MigState::StopCopy.raw()
-        {
-            self.slow_done = true;
-            delay += SLOW_SET;
-        }
-        let running = matches!(self.state, MigState::Running | MigState::RunningP2p);
-        if self.has(Fault::SlowStop)
-            && !self.slow_stop_done
-            && running
-            && target == MigState::Stop.raw()
-        {
-            self.slow_stop_done = true;
-            delay += SLOW_STOP;
-        }
-        delay
-    }
-
-    fn mig_device_state(&mut self, req: &mut FeatureRequest, input: &[u8]) -> Result<(), Errno> {
-        if req.flags & VFIO_DEVICE_FEATURE_GET != 0 {
-            let state = self.report_state();
-            let reply = VfioDeviceFeatureMigState {
-                device_state: state.raw(),
-                data_fd: -1,
-            };
-            reply_with(req, &reply.to_bytes());
-            return Ok(());
-        }
-        let target = VfioDeviceFeatureMigState::from_bytes(input).device_state;
-        sleep(self.set_delay(target));
-        let result = self.walk_to(target);
-        // The core copies the requested state back, success or not.
-        let reply = VfioDeviceFeatureMigState {
-            device_state: target,
-            data_fd: result.ok().flatten().unwrap_or(-1),
-        };
-        reply_with(req, &reply.to_bytes());
-        result.map(drop)
-    }
-
     fn logging_start(&mut self, req: &mut FeatureRequest, input: &[u8]) -> Result<(), Errno> {
         let control = VfioDeviceFeatureDmaLoggingControl::from_bytes(input);
         let check = !self.has(Fault::LoggingRangesUnchecked);
@@ -586,42 +429,6 @@ impl Simulator {
         self.early = None;
         self.stop_gets = 0;
         self.resume_error = false;
-    }
-
-    fn region_layout(
-        &self,
-        index: u32,
-    ) -> Result<(VfioRegionInfo, Option<VfioRegionInfoCapType>), Errno> {
-        let offset = u64::from(index) << OFFSET_SHIFT;
-        let mut info = VfioRegionInfo {
-            index,
-            offset,
-            ..Default::default()
-        };
-        match index {
-            // BARs 0-5 and the ROM: not implemented, size 0.
-            0..=6 => Ok((info, None)),
-            VFIO_PCI_CONFIG_REGION_INDEX => {
-                info.size = CONFIG_SPACE_SIZE as u64;
-                info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-                Ok((info, None))
-            }
-            MIGRATION_REGION_INDEX => {
-                let v1 = self.v1.as_ref().ok_or(Errno::EINVAL)?;
-                info.size = v1.size();
-                info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-                let cap = VfioRegionInfoCapType {
-                    id: VFIO_REGION_INFO_CAP_TYPE,
-                    version: 1,
-                    next: 0,
-                    region_type: VFIO_REGION_TYPE_MIGRATION,
-                    subtype: VFIO_REGION_SUBTYPE_MIGRATION,
-                };
-                Ok((info, Some(cap)))
-            }
-            // VGA (8) does not exist on this device, nor anything past the end.
-            _ => Err(Errno::EINVAL),
-        }
     }
 }
 
@@ -677,17 +484,6 @@ fn reply_with(req: &mut FeatureRequest, bytes: &[u8]) {
         req.data.resize(bytes.len(), 0);
     }
     req.data[..bytes.len()].copy_from_slice(bytes);
-}
-
-fn config_space() -> [u8; CONFIG_SPACE_SIZE] {
-    let mut c = [0u8; CONFIG_SPACE_SIZE];
-    put_u16(&mut c, 0x00, 0x1b36);
-    put_u16(&mut c, 0x02, 0x0100);
-    c[0x08] = 1; // revision
-    c[0x0b] = 0xff; // class: unassigned
-    put_u16(&mut c, 0x2c, 0x1af4);
-    put_u16(&mut c, 0x2e, 0x1100);
-    c
 }
 
 impl Device for Simulator {
