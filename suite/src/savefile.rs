@@ -200,7 +200,8 @@ impl SaveHeader {
     }
 }
 
-fn shown(s: &str) -> String {
+/// A header string as messages show it: quoted, or `(unknown)` when empty.
+pub(crate) fn shown(s: &str) -> String {
     if s.is_empty() {
         "(unknown)".into()
     } else {

@@ -27,7 +27,7 @@ use super::{fail, not_ready, Fail, Failure, Job, SaveSummary};
 use crate::device::DeviceExt;
 use crate::exec::datafd::{self, End, WriteEnd};
 use crate::exec::nanos;
-use crate::savefile::{SaveHeader, Xxh64};
+use crate::savefile::{shown, SaveHeader, Xxh64};
 use crate::scenario::ReadUntil;
 use crate::uapi::{errno_name, MigState};
 use crate::wire::{self, Kind, Phase, WireError};
@@ -226,14 +226,6 @@ fn incompatibility(peer: &SaveHeader, mine: &SaveHeader, peer_role: &str) -> Vec
     out
 }
 
-fn shown(s: &str) -> String {
-    if s.is_empty() {
-        "(unknown)".into()
-    } else {
-        format!("`{s}`")
-    }
-}
-
 impl Job<'_> {
     /// Checks the peer's HELLO: its format version and its device.
     fn check_hello(
@@ -278,15 +270,27 @@ impl Job<'_> {
         link: &mut dyn Link,
         opts: &LiveOptions,
     ) -> Result<LiveSummary, Fail> {
+        self.over(link, opts, "destination", Job::migrate_on)
+    }
+
+    /// Runs one side on a connection to `peer`; a failure other than a
+    /// refusal (which the peer was already told) is sent to the peer.
+    fn over(
+        &mut self,
+        link: &mut dyn Link,
+        opts: &LiveOptions,
+        peer: &'static str,
+        side: fn(&mut Self, &mut Conn, &LiveOptions) -> Result<LiveSummary, Fail>,
+    ) -> Result<LiveSummary, Fail> {
         let mut conn = Conn {
             link,
             buf: Vec::new(),
             idle: opts.idle,
             deadline: self.deadline,
-            peer: "destination",
+            peer,
             sent: wire::stream_hash(),
         };
-        let result = self.migrate_on(&mut conn, opts);
+        let result = side(self, &mut conn, opts);
         if let Err(f) = &result {
             if f.kind != Failure::Refused {
                 conn.abort(&f.message);
@@ -552,21 +556,7 @@ impl Job<'_> {
         link: &mut dyn Link,
         opts: &LiveOptions,
     ) -> Result<LiveSummary, Fail> {
-        let mut conn = Conn {
-            link,
-            buf: Vec::new(),
-            idle: opts.idle,
-            deadline: self.deadline,
-            peer: "source",
-            sent: wire::stream_hash(),
-        };
-        let result = self.receive_on(&mut conn, opts);
-        if let Err(f) = &result {
-            if f.kind != Failure::Refused {
-                conn.abort(&f.message);
-            }
-        }
-        result
+        self.over(link, opts, "source", Job::receive_on)
     }
 
     fn receive_on(&mut self, conn: &mut Conn, opts: &LiveOptions) -> Result<LiveSummary, Fail> {
