@@ -205,6 +205,9 @@ pub(crate) struct RoleCtx<'d> {
     /// The source's share of downtime in the last STOP_COPY stream read
     /// to its end, for the resume that follows.
     pub downtime_ns: Option<u64>,
+    /// The destination's share of downtime so far: its SETs since it left
+    /// RESUMING with a whole stream, until it is RUNNING.
+    pub loaded_ns: Option<u64>,
     /// DMA logging started and not stopped.
     pub logging: bool,
     /// The ranges the START that began it logs.
@@ -325,6 +328,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             stopped_at: None,
             last_set_ns: 0,
             downtime_ns: None,
+            loaded_ns: None,
             logging: false,
             logged_ranges: Vec::new(),
             precopy_info_v2: false,

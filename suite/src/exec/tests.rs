@@ -118,6 +118,51 @@ fn precopy_downtime_starts_when_the_device_stops() {
 }
 
 #[test]
+fn the_destinations_arcs_out_of_resuming_count_toward_the_downtime() {
+    // QEMU's destination: the stream written, then RESUMING -> RUNNING in
+    // one SET. slow-load makes that SET take 400 ms, over the 300 ms
+    // budget; the arc limit is set far away so only the sum can catch it.
+    let opts = ExecOptions {
+        arc_latency_limit: Duration::from_secs(3600),
+        ..ExecOptions::default()
+    };
+    let ev = events(
+        "sim:fault=slow-load",
+        "  - set_state: STOP
+  - set_state: STOP_COPY
+  - qemu_stop_copy: { into: s }
+  - set_state: STOP
+  - on: destination
+    set_state: RESUMING
+  - on: destination
+    write: { from: s }
+  - on: destination
+    close_data_fd:
+  - on: destination
+    set_state: RUNNING
+",
+        &opts,
+    );
+    let over: Vec<&CheckRecord> = failures(&ev)
+        .into_iter()
+        .filter(|c| c.ids == ["V2-TIME-02"])
+        .collect();
+    assert_eq!(over.len(), 1, "{:?}", failures(&ev));
+    let observed = &over[0].observed;
+    assert!(
+        observed.contains("source ") && observed.contains("(RESUMING -> RUNNING)"),
+        "{observed}"
+    );
+    let (total, destination) = observed
+        .split_once(" ms in all")
+        .zip(observed.split_once("+ destination "))
+        .map(|((t, _), (_, d))| (t, d.split_once(" ms").unwrap().0))
+        .unwrap();
+    assert!(total.parse::<f64>().unwrap() >= 400.0, "{observed}");
+    assert!(destination.parse::<f64>().unwrap() >= 400.0, "{observed}");
+}
+
+#[test]
 fn the_data_buffer_is_allocated_once_and_never_grown_past_the_stream() {
     let sc = scenario(
         "  - set_state: STOP

@@ -64,6 +64,11 @@ pub enum Fault {
     HangTransition,
     HangRead,
     ErrorOnResumeStays,
+    SlowLoad,
+    RefusedSetStops,
+    RecoverSetFails,
+    ResetKeepsError,
+    FailedSetCopiesState,
     V1PendingNeverZero,
     V1DataSizeBeyondRegion,
     V1InvalidStateAccepted,
@@ -176,7 +181,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 48] = [
+static CATALOGUE: [FaultInfo; 53] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -545,6 +550,51 @@ static CATALOGUE: [FaultInfo; 48] = [
         Fail,
         "a failed RESUMING->STOP moves to ERROR, and SET then leaves ERROR without a reset",
         None,
+    ),
+    v2(
+        Fault::SlowLoad,
+        "slow-load",
+        "V2-TIME-02",
+        Should,
+        Warn,
+        "the first SET that loads a resumed stream (out of RESUMING) takes 400 ms: within --arc-latency-limit, over the downtime budget",
+        Some("a load that replays the state into the hardware or waits for a firmware command"),
+    ),
+    v2(
+        Fault::RefusedSetStops,
+        "refused-set-stops",
+        "V2-FSM-04",
+        Must,
+        Fail,
+        "a SET the device refuses (EINVAL) leaves it in STOP, its data session ended, instead of where it was",
+        Some("an error path that quiesces the device before it checks the request"),
+    ),
+    v2(
+        Fault::RecoverSetFails,
+        "recover-set-fails",
+        "V2-FSM-14",
+        Must,
+        Fail,
+        "after a failed SET every SET fails with EIO until VFIO_DEVICE_RESET, though GET reports the state the device stayed in",
+        Some("an error path that returns without clearing the driver's in-transition flag"),
+    ),
+    v2(
+        Fault::ResetKeepsError,
+        "reset-keeps-error",
+        "V2-RESET-01",
+        Must,
+        Fail,
+        "a failed RESUMING->STOP moves to ERROR, and VFIO_DEVICE_RESET then leaves it in ERROR",
+        Some("a reset handler that only resets a device whose migration state is valid"),
+    ),
+    v2(
+        Fault::FailedSetCopiesState,
+        "failed-set-copies-state",
+        "V2-FSM-10",
+        Must,
+        Fail,
+        "a failed SET copies the device's current state back in device_state instead of the requested one",
+        Some("the draft v2 uAPI, which returned the current state on failure"),
     ),
     v1(
         Fault::V1PendingNeverZero,

@@ -80,7 +80,13 @@ impl Simulator {
         }
         let mut fd = None;
         while self.state.raw() != target {
-            let next = next_state(self.flags, self.state, target).ok_or(Errno::EINVAL)?;
+            let Some(next) = next_state(self.flags, self.state, target) else {
+                if self.has(Fault::RefusedSetStops) {
+                    self.end_session();
+                    self.state = MigState::Stop;
+                }
+                return Err(Errno::EINVAL);
+            };
             fd = self.step(next)?;
             self.state = next;
         }
@@ -158,10 +164,31 @@ impl Simulator {
         }
         let target = VfioDeviceFeatureMigState::from_bytes(input).device_state;
         sleep(self.set_delay(target));
-        let result = self.walk_to(target);
+        let start = self.state;
+        let result = if self.wedged {
+            Err(Errno::EIO)
+        } else {
+            self.walk_to(target)
+        };
+        if result.is_err() && self.has(Fault::RecoverSetFails) {
+            self.wedged = true;
+        }
+        if result.is_ok()
+            && start == MigState::Resuming
+            && self.state != MigState::Resuming
+            && self.has(Fault::SlowLoad)
+            && !self.slow_load_done
+        {
+            self.slow_load_done = true;
+            sleep(SLOW_STOP);
+        }
         // The core copies the requested state back, success or not.
+        let copied = match result {
+            Err(_) if self.has(Fault::FailedSetCopiesState) => self.state.raw(),
+            _ => target,
+        };
         let reply = VfioDeviceFeatureMigState {
-            device_state: target,
+            device_state: copied,
             data_fd: result.ok().flatten().unwrap_or(-1),
         };
         reply_with(req, &reply.to_bytes());

@@ -56,8 +56,9 @@ const FIRST_DATA_FD: DataFd = 1000;
 /// `slow-transition`: the time the first SET to STOP_COPY takes (over the
 /// default --arc-latency-limit).
 const SLOW_SET: Duration = Duration::from_millis(1200);
-/// `slow-stop`: the time the first stop of the running device takes
-/// (within the arc limit, over the default --downtime-budget).
+/// `slow-stop`, `slow-load`: the time the first stop of the running device
+/// or the first load of a resumed stream takes (within the arc limit, over
+/// the default --downtime-budget).
 const SLOW_STOP: Duration = Duration::from_millis(400);
 /// `spontaneous-state-change`: GETs in STOP before the device moves.
 const GETS_BEFORE_MOVING: u32 = 3;
@@ -163,6 +164,10 @@ pub struct Simulator {
     slow_done: bool,
     /// `slow-stop`: the slow stop has happened.
     slow_stop_done: bool,
+    /// `slow-load`: the slow load has happened.
+    slow_load_done: bool,
+    /// `recover-set-fails`: a SET failed and no reset came since.
+    wedged: bool,
     /// `error-on-resume-stays`: ERROR came from a failed resume.
     resume_error: bool,
     /// `enomsg-in-stop-copy`: ENOMSG was returned once.
@@ -225,6 +230,8 @@ impl Simulator {
             stop_gets: 0,
             slow_done: false,
             slow_stop_done: false,
+            slow_load_done: false,
+            wedged: false,
             resume_error: false,
             enomsg_given: false,
             config,
@@ -369,7 +376,9 @@ impl Simulator {
             _ => false,
         };
         if !accepted {
-            if self.has(Fault::ErrorOnResumeStays) {
+            // Both faults need a device that goes to ERROR here, as vfio.h
+            // allows after a failed SET.
+            if self.has(Fault::ErrorOnResumeStays) || self.has(Fault::ResetKeepsError) {
                 self.end_session();
                 self.state = MigState::Error;
                 self.resume_error = true;
@@ -429,6 +438,7 @@ impl Simulator {
         self.early = None;
         self.stop_gets = 0;
         self.resume_error = false;
+        self.wedged = false;
     }
 }
 
@@ -596,6 +606,8 @@ impl Device for Simulator {
         self.tick();
         let state = if self.has(Fault::ResetNotRunning) {
             MigState::Stop
+        } else if self.state == MigState::Error && self.has(Fault::ResetKeepsError) {
+            MigState::Error
         } else {
             MigState::Running
         };

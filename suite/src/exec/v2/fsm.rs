@@ -361,6 +361,63 @@ impl Exec<'_, '_> {
         Ok(r.result.is_ok())
     }
 
+    /// V2-TIME-02 on the destination: its SETs from leaving RESUMING with
+    /// a whole stream until RUNNING (RESUMING -> STOP -> RUNNING, or the
+    /// combination arc) are its share of the downtime; each one is judged
+    /// with the source's share, so a case that stops in STOP is measured
+    /// too.
+    fn destination_downtime(
+        &mut self,
+        role: Role,
+        cur: MigState,
+        after: Option<MigState>,
+        took: u64,
+        key: &StepKey,
+    ) -> Flow {
+        let ctx = self.role(role)?;
+        let loaded = match (cur, ctx.loaded_ns) {
+            (MigState::Resuming, _) if ctx.delivered == Delivered::Stream => took,
+            (MigState::Resuming, _) | (_, None) => {
+                ctx.loaded_ns = None;
+                return Ok(());
+            }
+            (_, Some(before)) => before.saturating_add(took),
+        };
+        let Some(now @ (MigState::Stop | MigState::RunningP2p | MigState::Running)) = after else {
+            ctx.loaded_ns = None;
+            return Ok(());
+        };
+        ctx.loaded_ns = (now != MigState::Running).then_some(loaded);
+        let source = Role::ALL
+            .into_iter()
+            .filter_map(|r| self.roles[r as usize].as_ref())
+            .filter_map(|c| c.downtime_ns)
+            .max();
+        let what = match cur {
+            MigState::Resuming => format!("RESUMING -> {now}"),
+            _ => format!("RESUMING to {now}"),
+        };
+        let (ns, observed) = match source {
+            Some(src) => (
+                src.saturating_add(loaded),
+                format!(
+                    "in all: source {} (leaving RUNNING to the end of its stream) + destination {} ({what})",
+                    ms_text(src),
+                    ms_text(loaded)
+                ),
+            ),
+            None => (
+                loaded,
+                format!(
+                    "in all: destination {} ({what}; no source stream in this case)",
+                    ms_text(loaded)
+                ),
+            ),
+        };
+        self.judge_downtime(key, "downtime-total", ns, &observed);
+        Ok(())
+    }
+
     /// The state the executor tracks, or a GET when it does not know.
     fn current_state(&mut self, role: Role) -> Result<MigState, Abort> {
         let ctx = self.role(role)?;
@@ -420,6 +477,9 @@ impl Exec<'_, '_> {
             });
         }
         self.role(role)?.last_set_ns = took;
+        if r.result.is_ok() {
+            self.destination_downtime(role, cur, after, took, key)?;
+        }
         Ok(SetCall {
             r,
             got,

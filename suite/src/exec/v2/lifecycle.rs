@@ -44,6 +44,7 @@ impl Exec<'_, '_> {
         ctx.logging = false;
         ctx.logged_ranges.clear();
         ctx.stopped_at = None;
+        ctx.loaded_ns = None;
         if had_session {
             let probe = StepKey {
                 prefix: format!("{}-session", key.prefix),

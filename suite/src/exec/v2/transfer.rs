@@ -131,22 +131,6 @@ impl Exec<'_, '_> {
         let delivered = self.role(role)?.delivered.clone();
         let stop = self.set_unjudged(role, MigState::Stop.raw(), &stop_key)?;
         let now = self.role(role)?.state;
-        // The migration's device downtime: the source's share in its last
-        // save, then RESUMING -> STOP here.
-        let source = Role::ALL
-            .into_iter()
-            .filter_map(|r| self.roles[r as usize].as_ref())
-            .filter_map(|c| c.downtime_ns)
-            .max();
-        if let (true, Some(src)) = (stop && err.is_none(), source) {
-            let ns = src.saturating_add(self.role(role)?.last_set_ns);
-            self.judge_downtime(
-                key,
-                "downtime-total",
-                ns,
-                "source (leaving RUNNING to the end of its stream) plus RESUMING -> STOP here",
-            );
-        }
         let accepted = err.is_none() && stop;
         let observed = match (err, stop) {
             (Some(e), _) => format!(
@@ -363,6 +347,7 @@ impl Exec<'_, '_> {
             chunk as u64,
             downtime,
         );
+        self.role(role)?.downtime_ns = downtime;
         self.role(to)?.delivered = match &failure {
             None => Delivered::Stream,
             Some(why) => Delivered::Unfit(why.clone()),

@@ -252,6 +252,28 @@ fault_tests! {
         assert!(resume(d, &s[..100], 4096).is_err());
         d.get_state() != Ok(Error) || set(d, Running).result.is_err()
     };
+    refused_set_stops: "refused-set-stops", "", |d| {
+        go(d, PreCopy);
+        set(d, Error).result == Err(Errno::EINVAL) && d.get_state() == Ok(PreCopy)
+    };
+    recover_set_fails: "recover-set-fails", "", |d| {
+        go(d, Stop);
+        assert_eq!(set(d, Error).result, Err(Errno::EINVAL));
+        assert_eq!(d.get_state(), Ok(Stop), "the failed SET changed nothing");
+        let recovered = set(d, Stop).result.is_ok() && set(d, Running).result.is_ok();
+        d.reset().unwrap();
+        recovered
+    };
+    reset_keeps_error: "reset-keeps-error", "", |d| {
+        let s = stream();
+        assert!(resume(d, &s[..100], 4096).is_err());
+        d.reset().unwrap();
+        d.get_state() == Ok(Running)
+    };
+    failed_set_copies_state: "failed-set-copies-state", "", |d| {
+        go(d, Stop);
+        set(d, Error).device_state == Error.raw()
+    };
     v1_pending_never_zero: "v1-pending-never-zero", "v1", |d| {
         let v1 = V1::new(d);
         v1.set(d, V1State::STOP_AND_COPY).unwrap();
@@ -302,6 +324,7 @@ fault_tests! {
 const TIMING: &[&str] = &[
     "slow-transition",
     "slow-stop",
+    "slow-load",
     "hang-transition",
     "hang-read",
 ];
@@ -328,6 +351,13 @@ fn slow_transition() {
     assert_eq!(stop.set_delay(StopCopy.raw()), none, "only STOP is slow");
     assert_eq!(stop.set_delay(Stop.raw()), SLOW_STOP);
     assert_eq!(stop.set_delay(Stop.raw()), none, "only the first time");
+    // slow-load sleeps after a load succeeded: timed loosely from below.
+    let s = stream();
+    let mut load = sim("fault=slow-load");
+    let start = Instant::now();
+    resume(&mut load, &s, 4096).unwrap();
+    assert!(start.elapsed() >= SLOW_STOP, "the first load is slow");
+    assert_eq!(load.get_state(), Ok(Stop), "the rule still holds");
     let latency = Duration::from_millis(20);
     assert_eq!(sim("latency=20ms").set_delay(Stop.raw()), latency);
     // And the SET does wait that long.
