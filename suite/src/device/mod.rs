@@ -14,7 +14,8 @@ pub mod kernel;
 pub mod sim;
 pub mod spec;
 
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -160,6 +161,20 @@ pub trait Device: Send {
     /// Opens the device fd again after [`Device::close_device`]; the device
     /// starts over as a fresh open (RUNNING).
     fn reopen(&mut self) -> Result<(), Errno>;
+
+    /// The device's clock, which the timing rules read (V2-TIME-01/02): for
+    /// a real device the host's monotonic clock. The simulator's advances
+    /// only by the time it is configured to take, so that its timing
+    /// findings do not depend on how loaded the host is.
+    fn now(&self) -> Duration {
+        host_now()
+    }
+}
+
+/// The host's monotonic clock, from the first time it was read.
+pub fn host_now() -> Duration {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed()
 }
 
 /// The result of a SET of MIG_DEVICE_STATE: the struct as copied back,

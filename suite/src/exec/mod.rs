@@ -151,6 +151,18 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+impl RoleCtx<'_> {
+    /// Nanoseconds on the device's clock since `t` (read from it earlier).
+    pub(crate) fn since(&self, t: Duration) -> u64 {
+        nanos(self.dev.now().saturating_sub(t))
+    }
+
+    /// The device's share of downtime so far, if it is stopped.
+    pub(crate) fn downtime_so_far(&self) -> Option<u64> {
+        self.stopped_at.map(|t| self.since(t))
+    }
+}
+
 /// Nanoseconds as milliseconds with one decimal (`3000.2 ms`).
 pub(crate) fn ms_text(ns: u64) -> String {
     format!("{:.1} ms", ns as f64 / 1e6)
@@ -198,8 +210,9 @@ pub(crate) struct RoleCtx<'d> {
     /// Fds of ended sessions, still open so `session_ended` can probe them,
     /// with what ended them.
     pub ended: Vec<(DataFd, SessionKind, EndedBy)>,
-    /// When the device last stopped running (downtime starts).
-    pub stopped_at: Option<Instant>,
+    /// When, on the device's clock ([`Device::now`]), it last stopped
+    /// running (downtime starts).
+    pub stopped_at: Option<Duration>,
     /// How long the last SET took.
     pub last_set_ns: u64,
     /// The source's share of downtime in the last STOP_COPY stream read

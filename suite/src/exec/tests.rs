@@ -71,7 +71,7 @@ fn every_successful_set_records_its_latency() {
 fn saves_and_resumes_record_bytes_and_the_downtime() {
     let stream_len = 80 + 24 + 16 * (24 + 4096);
     let ev = events(
-        "sim",
+        "sim:latency=5ms",
         "  - set_state: STOP\n  - save: { into: s }\n  - on: destination\n    resume: { from: s }\n",
         &ExecOptions::default(),
     );
@@ -83,11 +83,15 @@ fn saves_and_resumes_record_bytes_and_the_downtime() {
         (Direction::Save, "device")
     );
     assert_eq!((t[0].bytes, t[0].chunk), (stream_len, 1 << 20));
-    // From RUNNING -> STOP to the end of the stream: more than the read.
+    // From RUNNING -> STOP to the end of the stream, on the simulator's
+    // clock: the SETs it took (5 ms each), and nothing of the host's time.
     let downtime = t[0]
         .downtime_ns
         .expect("a save from RUNNING has a downtime");
-    assert!(downtime >= t[0].duration_ns);
+    assert!(
+        downtime >= 5_000_000 && downtime.is_multiple_of(5_000_000),
+        "{downtime}"
+    );
     assert_eq!(
         (t[1].direction, t[1].role.as_str(), t[1].bytes),
         (Direction::Resume, "destination", stream_len)
@@ -98,7 +102,7 @@ fn saves_and_resumes_record_bytes_and_the_downtime() {
 #[test]
 fn precopy_downtime_starts_when_the_device_stops() {
     let ev = events(
-        "sim:precopy=8KiB",
+        "sim:precopy=8KiB,latency=5ms",
         "  - set_state: PRE_COPY
   - read: { until: end_of_precopy }
   - sleep: 20ms
@@ -110,11 +114,9 @@ fn precopy_downtime_starts_when_the_device_stops() {
     let t = transfers(&ev);
     assert_eq!(t.len(), 1, "only the STOP_COPY read is a transfer");
     let downtime = t[0].downtime_ns.unwrap();
-    // PRE_COPY runs: the 20 ms before STOP_COPY are not downtime.
-    assert!(
-        downtime >= t[0].duration_ns && downtime < 20_000_000,
-        "{downtime}"
-    );
+    // PRE_COPY runs: the 20 ms before STOP_COPY are not downtime, the
+    // PRE_COPY -> STOP_COPY SET is.
+    assert_eq!(downtime, 5_000_000);
 }
 
 #[test]
@@ -160,6 +162,39 @@ fn the_destinations_arcs_out_of_resuming_count_toward_the_downtime() {
         .unwrap();
     assert!(total.parse::<f64>().unwrap() >= 400.0, "{observed}");
     assert!(destination.parse::<f64>().unwrap() >= 400.0, "{observed}");
+}
+
+#[test]
+fn the_simulators_timing_findings_do_not_depend_on_the_host() {
+    // Host time (here a sleep) between the stop and the stream's end is
+    // not the simulator's: its clock counts only what it is set to take,
+    // so a loaded host cannot make the clean simulator slow.
+    let opts = ExecOptions {
+        arc_latency_limit: Duration::from_millis(1),
+        downtime_budget: Duration::from_millis(1),
+        ..ExecOptions::default()
+    };
+    let ev = events(
+        "sim",
+        "  - set_state: STOP
+  - sleep: 50ms
+  - set_state: STOP_COPY
+  - read: { until: eof }
+",
+        &opts,
+    );
+    assert!(failures(&ev).is_empty(), "{:?}", failures(&ev));
+    assert_eq!(transfers(&ev)[0].downtime_ns, Some(0));
+    // Its configured latency is what it takes.
+    let ev = events(
+        "sim:latency=2ms",
+        "  - set_state: STOP\n  - set_state: STOP_COPY\n  - read: { until: eof }\n",
+        &opts,
+    );
+    let ids: Vec<&[String]> = failures(&ev).iter().map(|c| c.ids.as_slice()).collect();
+    assert!(ids.contains(&&["V2-TIME-01".to_string()][..]), "{ids:?}");
+    assert!(ids.contains(&&["V2-TIME-02".to_string()][..]), "{ids:?}");
+    assert_eq!(transfers(&ev)[0].downtime_ns, Some(4_000_000));
 }
 
 #[test]

@@ -148,6 +148,12 @@ impl Simulator {
         delay
     }
 
+    /// Takes `d`: sleeps, and the device's clock advances by it.
+    pub(super) fn take(&mut self, d: Duration) {
+        sleep(d);
+        self.clock += d;
+    }
+
     pub(super) fn mig_device_state(
         &mut self,
         req: &mut FeatureRequest,
@@ -163,7 +169,8 @@ impl Simulator {
             return Ok(());
         }
         let target = VfioDeviceFeatureMigState::from_bytes(input).device_state;
-        sleep(self.set_delay(target));
+        let delay = self.set_delay(target);
+        self.take(delay);
         let start = self.state;
         let result = if self.wedged {
             Err(Errno::EIO)
@@ -180,7 +187,7 @@ impl Simulator {
             && !self.slow_load_done
         {
             self.slow_load_done = true;
-            sleep(SLOW_STOP);
+            self.take(SLOW_STOP);
         }
         // The core copies the requested state back, success or not.
         let copied = match result {

@@ -172,6 +172,8 @@ pub struct Simulator {
     resume_error: bool,
     /// `enomsg-in-stop-copy`: ENOMSG was returned once.
     enomsg_given: bool,
+    /// The device's clock ([`Device::now`]): the time it has taken.
+    clock: Duration,
 }
 
 impl Simulator {
@@ -233,6 +235,7 @@ impl Simulator {
             slow_load_done: false,
             wedged: false,
             resume_error: false,
+            clock: Duration::ZERO,
             enomsg_given: false,
             config,
         }
@@ -499,6 +502,10 @@ fn reply_with(req: &mut FeatureRequest, bytes: &[u8]) {
 impl Device for Simulator {
     fn description(&self) -> &DeviceDescription {
         &self.desc
+    }
+
+    fn now(&self) -> Duration {
+        self.clock
     }
 
     fn feature(&mut self, req: &mut FeatureRequest) -> Result<(), Errno> {
@@ -798,7 +805,7 @@ impl Device for Simulator {
         };
         let ready = ready & (events | PollFlags::POLLERR | PollFlags::POLLHUP);
         if ready.is_empty() {
-            sleep(timeout);
+            self.take(timeout);
         }
         Ok(ready)
     }

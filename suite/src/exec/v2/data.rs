@@ -49,7 +49,7 @@ impl Exec<'_, '_> {
         self.record(call, Returned::ret(ret).in_state(state).moved(total), key);
         if until == ReadUntil::Eof {
             let dur = nanos(t0.elapsed());
-            let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
+            let downtime = self.role(role)?.downtime_so_far();
             if end == End::Eof && state == Some(MigState::StopCopy) {
                 self.transfer(role, Direction::Save, total, dur, chunk, downtime);
                 if let Some(d) = downtime {

@@ -2,8 +2,6 @@
 //! model, raw feature calls, the MIGRATION flags and the stop-copy size.
 #![forbid(unsafe_code)]
 
-use std::time::Instant;
-
 use super::*;
 
 const RUNNING_STATES: [MigState; 4] = [
@@ -19,7 +17,7 @@ struct SetCall {
     got: Result<i64, Errno>,
     g: Result<(u32, DataFd), Errno>,
     after: Option<MigState>,
-    t0: Instant,
+    t0: Duration,
 }
 
 impl Exec<'_, '_> {
@@ -294,7 +292,7 @@ impl Exec<'_, '_> {
         model: &Expectation,
         r: &crate::device::SetStateResult,
         after: Option<MigState>,
-        t0: Instant,
+        t0: Duration,
     ) -> Flow {
         if r.result.is_ok() {
             let ends = matches!(
@@ -444,9 +442,9 @@ impl Exec<'_, '_> {
         key: &StepKey,
     ) -> Result<SetCall, Abort> {
         let set = self.start(role, "SET MIG_DEVICE_STATE", args, key);
-        let t0 = Instant::now();
+        let t0 = self.role(role)?.dev.now();
         let r = self.role(role)?.dev.set_state(target);
-        let took = nanos(t0.elapsed());
+        let took = self.role(role)?.since(t0);
         let got: Result<i64, Errno> = r.result.map(|()| i64::from(r.data_fd));
         let get = Call::quiet(role, "GET MIG_DEVICE_STATE", String::new());
         let g = self.role(role)?.dev.get_state_raw();

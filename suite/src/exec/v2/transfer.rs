@@ -338,7 +338,7 @@ impl Exec<'_, '_> {
             .moved(total),
             key,
         );
-        let downtime = self.role(role)?.stopped_at.map(|s| nanos(s.elapsed()));
+        let downtime = self.role(role)?.downtime_so_far();
         self.transfer(
             role,
             Direction::Save,
