@@ -345,8 +345,10 @@ fn a_lava_run_reports_every_case_and_the_measurements() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let expect = expectations_for_sim(tmp.path());
+    // The simulator's clock counts only the latency it is set to take: with
+    // none, its downtime would be 0.
     let calls = lava_run(&[
-        ("DEVICES", "sim:fault=logging-start-twice"),
+        ("DEVICES", "sim:fault=logging-start-twice,latency=1ms"),
         ("EXPECT", &expect.display().to_string()),
     ]);
     let cases = calls
