@@ -444,9 +444,13 @@ fn faults_scores_a_subset() {
         row("enomsg-in-stop-copy")[1..4],
         ["V2-SAVE-02", "fail", "yes"]
     );
-    assert_eq!(
-        row("zero-at-end-of-precopy")[1..5],
-        ["V2-PRECOPY-06", "warn", "yes", "precopy"]
+    let zero = row("zero-at-end-of-precopy");
+    assert_eq!(zero[1..4], ["V2-PRECOPY-06", "warn", "yes"]);
+    assert!(
+        zero[4..]
+            .iter()
+            .any(|by| by.trim_end_matches(',') == "precopy"),
+        "{out}"
     );
     assert_eq!(
         row("hang-transition")[1..4],

@@ -230,7 +230,10 @@ pub const OPERATIONS: &[OpInfo] = &[
         scope: Scope::Any,
         observes: &["ok", "errno", "unchanged", "state", "data_fd"],
         sets: &[],
-        checks: Checks::Same(&[]),
+        checks: Checks::ByProtocol {
+            v2: &["V2-PRECOPY-12"],
+            v1: &[],
+        },
     },
     OpInfo {
         name: "migration_flags",
@@ -258,6 +261,9 @@ pub const OPERATIONS: &[OpInfo] = &[
             "V2-PRECOPY-04",
             "V2-PRECOPY-05",
             "V2-PRECOPY-09",
+            "V2-PRECOPY-14",
+            "V2-PRECOPY-15",
+            "V2-PRECOPY-16",
         ]),
     },
     OpInfo {

@@ -36,6 +36,7 @@ pub struct SimConfig {
     page_size: u64,
     precopy: Option<u64>,
     dirty: u32,
+    reinit: Option<u32>,
     deterministic: bool,
     device_type: String,
     seed: u64,
@@ -57,6 +58,7 @@ impl Default for SimConfig {
             page_size: 4 << 10,
             precopy: None,
             dirty: 0,
+            reinit: None,
             deterministic: true,
             device_type: "sim-a".to_string(),
             seed: 0x5eed,
@@ -71,7 +73,7 @@ impl Default for SimConfig {
 }
 
 const VALID_OPTIONS: &str = "v1, v2, v1+v2, flags=stop_copy[+p2p][+pre_copy], size=SIZE, \
-page=SIZE, precopy=SIZE, dirty=N, deterministic=true|false, type=NAME, seed=N, \
+page=SIZE, precopy=SIZE, dirty=N, reinit=N, deterministic=true|false, type=NAME, seed=N, \
 logging=true|false, latency=DURATION, chunk=SIZE, region=SIZE, freeze=clear|pending, fault=NAME";
 
 impl SimConfig {
@@ -97,6 +99,10 @@ impl SimConfig {
                 ("dirty", Some(v)) => {
                     config.dirty = v.parse().map_err(|_| bad("expected a number of pages"))?
                 }
+                ("reinit", Some(v)) => match v.parse() {
+                    Ok(n) if n > 0 => config.reinit = Some(n),
+                    _ => return Err(bad("expected the number (from 1) of the precopy info query that re-initialises")),
+                },
                 ("deterministic", Some(v)) => {
                     config.deterministic = parse_bool(v).map_err(|e| bad(&e))?
                 }
@@ -222,6 +228,12 @@ impl SimConfig {
         self.dirty
     }
 
+    /// The VFIO_MIG_GET_PRECOPY_INFO of a saving session in PRE_COPY at
+    /// which the device gets new initial data (mlx5's firmware re-init).
+    pub fn reinit(&self) -> Option<u32> {
+        self.reinit
+    }
+
     pub fn seed(&self) -> u64 {
         self.seed
     }
@@ -327,7 +339,7 @@ mod tests {
     #[test]
     fn every_option() {
         let c = SimConfig::parse(
-            "v1+v2, flags=stop_copy+pre_copy,size=4GiB,page=64KiB,precopy=1MiB,dirty=3,\
+            "v1+v2, flags=stop_copy+pre_copy,size=4GiB,page=64KiB,precopy=1MiB,dirty=3,reinit=2,\
              deterministic=false,type=sim-b,seed=0x10,logging=false,latency=5ms,chunk=1K,\
              region=8KiB,freeze=pending,fault=hang-read+v1-not-frozen,fault=hang-read",
         )
@@ -336,6 +348,7 @@ mod tests {
         assert_eq!(c.flags(), MigrationFlags::PRE_COPY);
         assert_eq!(c.state_size(), 4 << 30);
         assert_eq!((c.page_size(), c.precopy(), c.dirty()), (65536, 1 << 20, 3));
+        assert_eq!(c.reinit(), Some(2));
         assert!(!c.deterministic() && !c.logging());
         assert_eq!((c.device_type(), c.seed()), ("sim-b", 16));
         assert_eq!(c.latency(), Duration::from_millis(5));
@@ -383,6 +396,7 @@ mod tests {
             ("flags=stop_copy+x", "unknown flag `x`"),
             ("type=a b", "`type=a b`"),
             ("dirty=-1", "`dirty=-1`"),
+            ("reinit=0", "`reinit=0`"),
             ("latency=soon", "`latency=soon`"),
             ("freeze=never", "`clear` or `pending`"),
             ("size=1TiB,page=64", "more than"),

@@ -39,6 +39,12 @@ pub enum Fault {
     DirtyBytesNeverZero,
     PrecopyMoreThanAnnounced,
     PrecopyFlagsEchoed,
+    PrecopyInfoV2GetAccepted,
+    PrecopyInfoV2WithoutPreCopy,
+    PrecopyInfoV2SurvivesReopen,
+    ReinitWithoutOptIn,
+    InitialBytesRiseWithoutReinit,
+    ReinitDirtyBytesKept,
     NewFdOnPrecopyToStopCopy,
     NoFdOnStopToStopCopy,
     StaleFdAfterSession,
@@ -181,7 +187,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 53] = [
+static CATALOGUE: [FaultInfo; 59] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -325,6 +331,60 @@ static CATALOGUE: [FaultInfo; 53] = [
         Note,
         "with PRECOPY_INFOv2 enabled, the output flags still echo the input flags",
         Some("drivers that predate PRECOPY_INFOv2 and never write flags"),
+    ),
+    v2(
+        Fault::PrecopyInfoV2GetAccepted,
+        "precopy-info-v2-get-accepted",
+        "V2-PRECOPY-11",
+        Must,
+        Fail,
+        "a GET of MIG_PRECOPY_INFOv2 succeeds instead of failing with EINVAL",
+        Some("a driver's own device_feature handling feature 12 without vfio_check_feature()"),
+    ),
+    v2(
+        Fault::PrecopyInfoV2WithoutPreCopy,
+        "precopy-info-v2-without-pre-copy",
+        "V2-PRECOPY-12",
+        Must,
+        Fail,
+        "a device without PRE_COPY (it offers STOP_COPY and P2P only) accepts PROBE and SET of MIG_PRECOPY_INFOv2",
+        Some("feature 12 enabled without the core's VFIO_MIGRATION_PRE_COPY check"),
+    ),
+    v2(
+        Fault::PrecopyInfoV2SurvivesReopen,
+        "precopy-info-v2-survives-reopen",
+        "V2-PRECOPY-13",
+        Df,
+        Note,
+        "the MIG_PRECOPY_INFOv2 opt-in is kept when the device is closed and opened again",
+        Some("the opt-in kept in driver state that close_device does not clear"),
+    ),
+    v2(
+        Fault::ReinitWithoutOptIn,
+        "reinit-without-opt-in",
+        "V2-PRECOPY-14",
+        Must,
+        Fail,
+        "at the third precopy info of a session (or `reinit=N`) the device gets new initial data and reports REINIT whether or not the user opted in",
+        Some("a driver that reports REINIT from the firmware state without checking the opt-in"),
+    ),
+    v2(
+        Fault::InitialBytesRiseWithoutReinit,
+        "initial-bytes-rise-without-reinit",
+        "V2-PRECOPY-15",
+        Should,
+        Warn,
+        "at the third precopy info of a session (or `reinit=N`) the device gets new initial data and initial_bytes rises, but REINIT is never set",
+        Some("new initial data from a device reconfiguration reported as before PRECOPY_INFOv2"),
+    ),
+    v2(
+        Fault::ReinitDirtyBytesKept,
+        "reinit-dirty-bytes-kept",
+        "V2-PRECOPY-16",
+        Should,
+        Warn,
+        "a REINIT report also counts the new chunk's record in dirty_bytes instead of restarting it at 0",
+        Some("the new initial chunk accounted like an incremental save (mlx5's dirty_bytes path)"),
     ),
     v2(
         Fault::NewFdOnPrecopyToStopCopy,

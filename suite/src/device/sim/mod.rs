@@ -60,6 +60,10 @@ const SLOW_SET: Duration = Duration::from_millis(1200);
 /// or the first load of a resumed stream takes (within the arc limit, over
 /// the default --downtime-budget).
 const SLOW_STOP: Duration = Duration::from_millis(400);
+/// The precopy info query of a session at which the REINIT faults bring
+/// new initial data: after the first query and the one once the initial
+/// data is read, where a case sees initial_bytes at 0 first.
+const FAULT_REINIT_QUERY: u32 = 3;
 /// `spontaneous-state-change`: GETs in STOP before the device moves.
 const GETS_BEFORE_MOVING: u32 = 3;
 /// Number of regions of a vfio-pci device (BARs, ROM, config, VGA).
@@ -186,6 +190,10 @@ impl Simulator {
             flags = MigrationFlags(flags.0 | VFIO_MIGRATION_P2P);
             advertised = MigrationFlags(flags.0 & !VFIO_MIGRATION_P2P);
         }
+        if faults.has(Fault::PrecopyInfoV2WithoutPreCopy) {
+            flags = MigrationFlags(flags.0 & !VFIO_MIGRATION_PRE_COPY);
+            advertised = flags;
+        }
         let geometry = Geometry {
             state_size: config.state_size(),
             page_size: config.page_size(),
@@ -243,6 +251,21 @@ impl Simulator {
 
     fn has(&self, fault: Fault) -> bool {
         self.faults.has(fault)
+    }
+
+    /// The precopy info query of a session that brings new initial data:
+    /// `reinit=N`, or the third under a fault that needs one.
+    fn reinit_at(&self) -> Option<u32> {
+        let needs_one = [
+            Fault::ReinitWithoutOptIn,
+            Fault::InitialBytesRiseWithoutReinit,
+            Fault::ReinitDirtyBytesKept,
+        ]
+        .into_iter()
+        .any(|f| self.has(f));
+        self.config
+            .reinit()
+            .or(needs_one.then_some(FAULT_REINIT_QUERY))
     }
 
     fn check_open(&self) -> Result<(), Errno> {
@@ -574,7 +597,16 @@ impl Device for Simulator {
             }
             VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2 => {
                 self.v2()?;
-                if check_feature(flags, argsz, set, 0)? {
+                // vfio_main.c refuses it before looking at the flags.
+                if !self.flags.has_pre_copy() && !self.has(Fault::PrecopyInfoV2WithoutPreCopy) {
+                    return Err(Errno::EINVAL);
+                }
+                let ops = if self.has(Fault::PrecopyInfoV2GetAccepted) {
+                    get | set
+                } else {
+                    set
+                };
+                if check_feature(flags, argsz, ops, 0)? && flags & set != 0 {
                     self.precopy_info_v2 = true;
                 }
                 Ok(())
@@ -828,7 +860,24 @@ impl Device for Simulator {
         }
         let faults = self.faults;
         let v2_flags = self.precopy_info_v2 && !faults.has(Fault::PrecopyFlagsEchoed);
+        let reinit_at = self.reinit_at();
+        let opted_in = self.precopy_info_v2;
+        let in_precopy = self.state.is_precopy();
         let saver = saver_of(&mut self.session, &mut self.fds, fd)?.ok_or(Errno::ENODEV)?;
+        // mlx5 learns of new initial data from the firmware state it
+        // queries here, and reports it here.
+        let mut reinit_reported = false;
+        if in_precopy && Some(saver.count_query()) == reinit_at {
+            let as_initial = opted_in
+                || faults.has(Fault::ReinitWithoutOptIn)
+                || faults.has(Fault::InitialBytesRiseWithoutReinit);
+            if as_initial {
+                saver.reinit();
+            } else {
+                saver.reinit_as_dirty();
+            }
+            reinit_reported = as_initial && !faults.has(Fault::InitialBytesRiseWithoutReinit);
+        }
         info.initial_bytes = if faults.has(Fault::InitialBytesStuck) {
             saver.first_initial_bytes()
         } else if faults.has(Fault::PrecopyMoreThanAnnounced) {
@@ -841,8 +890,14 @@ impl Device for Simulator {
             info.dirty_bytes += stream::RECORD_HEADER_LEN as u64 + self.content.geometry.page_size;
         }
         if v2_flags {
-            // The simulator never has to restart its precopy data (REINIT).
             info.flags = 0;
+        }
+        if reinit_reported {
+            info.flags |= VFIO_PRECOPY_INFO_REINIT;
+            if faults.has(Fault::ReinitDirtyBytesKept) {
+                info.dirty_bytes +=
+                    stream::RECORD_HEADER_LEN as u64 + self.content.geometry.page_size;
+            }
         }
         arg[..VfioPrecopyInfo::SIZE].copy_from_slice(&info.to_bytes());
         Ok(0)
@@ -860,6 +915,10 @@ impl Device for Simulator {
     fn close_device(&mut self) -> Result<(), Errno> {
         self.check_open()?;
         self.open = false;
+        // vfio_df_device_last_close() clears the opt-in.
+        if !self.has(Fault::PrecopyInfoV2SurvivesReopen) {
+            self.precopy_info_v2 = false;
+        }
         self.reset_device(MigState::Running, false);
         Ok(())
     }
@@ -869,7 +928,6 @@ impl Device for Simulator {
             return Err(Errno::EBUSY);
         }
         self.open = true;
-        self.precopy_info_v2 = false;
         self.reset_device(MigState::Running, false);
         Ok(())
     }

@@ -334,6 +334,8 @@ pub struct Saver {
     kind: Kind,
     trailer: Option<[u8; TRAILER_LEN]>,
     first_initial_bytes: u64,
+    /// VFIO_MIG_GET_PRECOPY_INFO calls on this session in PRE_COPY.
+    queries: u32,
 }
 
 impl Saver {
@@ -363,6 +365,7 @@ impl Saver {
             kind: Kind::Final,
             trailer: None,
             first_initial_bytes: 0,
+            queries: 0,
         };
         saver.first_initial_bytes = saver.initial_bytes();
         saver
@@ -381,6 +384,40 @@ impl Saver {
         if self.sent.get(index) && !self.dirty.get(index) {
             self.dirty.set(index);
             self.dirty_bytes += self.geometry.record_len(index);
+        }
+    }
+
+    /// Counts a VFIO_MIG_GET_PRECOPY_INFO in PRE_COPY; how many so far.
+    pub fn count_query(&mut self) -> u32 {
+        self.queries += 1;
+        self.queries
+    }
+
+    /// New initial data, as mlx5 reports it with REINIT: every page is
+    /// offered again as initial data, and what was due as dirty data joins
+    /// it (the rest of the record being read, and the changed pages, which
+    /// count as not sent), so dirty_bytes restarts at 0.
+    pub fn reinit(&mut self) {
+        let changed: Vec<u64> = self.dirty.iter_set().collect();
+        for index in changed {
+            self.dirty.clear(index);
+            self.sent.clear(index);
+            self.unsent_bytes += self.geometry.record_len(index);
+        }
+        self.dirty_bytes = 0;
+        if self.kind == Kind::Dirty {
+            self.kind = Kind::Initial;
+        }
+        self.precopy_pages = self.geometry.pages();
+        self.initial_cursor = 0;
+    }
+
+    /// The same new data for a user that did not opt in to REINIT (mlx5
+    /// then saves it as an incremental chunk): every page sent counts as
+    /// changed.
+    pub fn reinit_as_dirty(&mut self) {
+        for index in 0..self.geometry.pages() {
+            self.page_dirtied(index);
         }
     }
 

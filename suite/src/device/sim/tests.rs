@@ -384,6 +384,95 @@ fn a_busy_device_reports_dirty_bytes_and_resumes_its_final_state() {
     );
 }
 
+/// `reinit=2`: the second precopy info brings new initial data. Opted in,
+/// it is REINIT with every page offered again and dirty_bytes 0; without
+/// the opt-in the same data is dirty data. Either way the stream resumes
+/// the device's final state.
+#[test]
+fn reinit_offers_new_initial_data_as_mlx5_does() {
+    for opted_in in [true, false] {
+        let mut d = sim("reinit=2,dirty=2,precopy=16KiB");
+        if opted_in {
+            let mut req = FeatureRequest::new(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, SET, vec![]);
+            d.feature(&mut req).unwrap();
+        }
+        let fd = go(&mut d, PreCopy);
+        let first = d.precopy_info(fd).unwrap();
+        let mut stream = vec![0u8; 5000];
+        let n = d.data_read(fd, &mut stream).unwrap();
+        stream.truncate(n);
+        let info = d.precopy_info(fd).unwrap();
+        // 16 records of a 4 KiB page.
+        let whole = 16 * (24 + 4096);
+        if opted_in {
+            assert_eq!(info.flags, VFIO_PRECOPY_INFO_REINIT);
+            assert_eq!(info.dirty_bytes, 0);
+            // Every page again, and the rest of the record being read.
+            assert!(info.initial_bytes > whole && info.initial_bytes > first.initial_bytes);
+        } else {
+            assert_eq!(info.flags, 0);
+            assert_eq!(info.initial_bytes, first.initial_bytes - n as u64);
+            assert!(info.dirty_bytes > 0);
+        }
+        // Only the second query re-initialises; the new initial data is
+        // read like the first (the busy device never runs dry).
+        let mut buf = vec![0u8; 4096];
+        let mut read = 0;
+        loop {
+            let now = d.precopy_info(fd).unwrap();
+            assert_eq!(now.flags, 0);
+            if now.initial_bytes == 0 {
+                break;
+            }
+            let n = d.data_read(fd, &mut buf).unwrap();
+            stream.extend_from_slice(&buf[..n]);
+            read += n as u64;
+        }
+        assert!(read >= info.initial_bytes.min(whole));
+        go(&mut d, StopCopy);
+        let (rest, end) = read_all(&mut d, fd, 1 << 16);
+        assert_eq!(end, End::Eof);
+        stream.extend_from_slice(&rest);
+        go(&mut d, Stop);
+        let mut dest = sim("dirty=2");
+        resume(&mut dest, &stream, 13).unwrap();
+        assert_eq!(
+            save_from_stop(&mut dest, 1 << 20),
+            save_from_stop(&mut d, 1 << 20)
+        );
+    }
+}
+
+/// MIG_PRECOPY_INFOv2 needs PRE_COPY and lasts for one open of the device.
+#[test]
+fn precopy_info_v2_scope() {
+    let mut d = sim("flags=stop_copy+p2p");
+    assert_eq!(
+        d.probe_feature(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, SET),
+        Err(Errno::EINVAL)
+    );
+    let mut d = sim("");
+    let mut req = FeatureRequest::new(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, SET, vec![]);
+    d.feature(&mut req).unwrap();
+    let fd = go(&mut d, PreCopy);
+    let flags = |d: &mut Simulator, fd| {
+        let mut arg = VfioPrecopyInfo {
+            argsz: 24,
+            flags: 6,
+            ..Default::default()
+        }
+        .to_bytes();
+        d.data_ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &mut arg)
+            .unwrap();
+        VfioPrecopyInfo::from_bytes(&arg).flags
+    };
+    assert_eq!(flags(&mut d, fd), 0);
+    d.close_device().unwrap();
+    d.reopen().unwrap();
+    let fd = go(&mut d, PreCopy);
+    assert_eq!(flags(&mut d, fd), 6);
+}
+
 #[test]
 fn saves_from_stop_are_identical_in_any_chunking_and_as_long_as_announced() {
     let mut d = sim("dirty=3");

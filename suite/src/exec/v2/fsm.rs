@@ -552,11 +552,8 @@ impl Exec<'_, '_> {
                 );
             }
         }
-        if r.is_ok()
-            && feature == VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2
-            && flags & VFIO_DEVICE_FEATURE_SET != 0
-        {
-            self.role(role)?.precopy_info_v2 = true;
+        if feature == VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2 {
+            self.precopy_info_v2_feature(role, flags, &got, key)?;
         }
         // A raw SET of the state moves the device: adopt any fd and re-learn the state.
         if feature == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE

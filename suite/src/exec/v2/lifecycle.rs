@@ -96,7 +96,10 @@ impl Exec<'_, '_> {
         self.record(call, Returned::of(&r.map(|()| 0)), key);
         // The session cannot outlive the device file (V2-FSM-13).
         self.end_session(role, EndedBy::DeviceClosed)?;
-        self.role(role)?.state = None;
+        let ctx = self.role(role)?;
+        ctx.state = None;
+        // The MIG_PRECOPY_INFOv2 opt-in lasts for one open (V2-PRECOPY-13).
+        ctx.precopy_info_v2 = false;
         if let Err(e) = r {
             return Err(Abort::Harness(format!(
                 "closing the device failed with {}",

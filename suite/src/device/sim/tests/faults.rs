@@ -43,6 +43,11 @@ fn precopy_info_flags(d: &mut Simulator, fd: DataFd, flags: u32) -> u32 {
     VfioPrecopyInfo::from_bytes(&arg).flags
 }
 
+fn opt_in(d: &mut Simulator) {
+    let mut req = FeatureRequest::new(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, SET, vec![]);
+    d.feature(&mut req).unwrap();
+}
+
 macro_rules! fault_tests {
     ($( $test:ident: $name:literal, $options:literal, $probe:expr; )*) => {
         $(
@@ -156,6 +161,40 @@ fault_tests! {
         let mut req = FeatureRequest::new(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, SET, vec![]);
         d.feature(&mut req).unwrap();
         matches!(precopy_info_flags(d, fd, 0xfe), 0 | VFIO_PRECOPY_INFO_REINIT)
+    };
+    precopy_info_v2_get_accepted: "precopy-info-v2-get-accepted", "", |d| {
+        let mut req = FeatureRequest::new(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, GET, vec![]);
+        d.feature(&mut req) == Err(Errno::EINVAL)
+    };
+    precopy_info_v2_without_pre_copy: "precopy-info-v2-without-pre-copy", "flags=stop_copy+p2p", |d| {
+        d.probe_feature(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, SET) == Err(Errno::EINVAL)
+    };
+    precopy_info_v2_survives_reopen: "precopy-info-v2-survives-reopen", "", |d| {
+        opt_in(d);
+        d.close_device().unwrap();
+        d.reopen().unwrap();
+        let fd = go(d, PreCopy);
+        precopy_info_flags(d, fd, 0xfffe) == 0xfffe
+    };
+    reinit_without_opt_in: "reinit-without-opt-in", "reinit=2", |d| {
+        let fd = go(d, PreCopy);
+        d.precopy_info(fd).unwrap();
+        precopy_info_flags(d, fd, 0) & VFIO_PRECOPY_INFO_REINIT == 0
+    };
+    initial_bytes_rise_without_reinit: "initial-bytes-rise-without-reinit", "reinit=2", |d| {
+        opt_in(d);
+        let fd = go(d, PreCopy);
+        d.precopy_info(fd).unwrap();
+        read_all(d, fd, 4096);
+        let info = d.precopy_info(fd).unwrap();
+        info.initial_bytes == 0 || info.flags & VFIO_PRECOPY_INFO_REINIT != 0
+    };
+    reinit_dirty_bytes_kept: "reinit-dirty-bytes-kept", "reinit=2", |d| {
+        opt_in(d);
+        let fd = go(d, PreCopy);
+        d.precopy_info(fd).unwrap();
+        let info = d.precopy_info(fd).unwrap();
+        info.flags & VFIO_PRECOPY_INFO_REINIT != 0 && info.dirty_bytes == 0
     };
     new_fd_on_precopy_to_stop_copy: "new-fd-on-precopy-to-stop-copy", "", |d| {
         go(d, PreCopy);
