@@ -17,6 +17,11 @@
 //! - VFIO_DEVICE_RESET moves to RUNNING (v1: `_RUNNING`), ends every
 //!   session, stops DMA logging and keeps the internal state: a reset does
 //!   not undo a resume. [`Device::reopen`] does the same.
+//! - MIG_PRECOPY_INFOv2 is handled as vfio_main.c does (SET only, EINVAL
+//!   without PRE_COPY, cleared when the device is closed). With `reinit=N`
+//!   new initial data appears at the Nth VFIO_MIG_GET_PRECOPY_INFO of a
+//!   saving session and is reported there, as mlx5 learns of it from the
+//!   firmware state it queries in that ioctl.
 //! - PCI identity in config space: vendor 0x1b36, device 0x0100,
 //!   subsystem 0x1af4:0x1100, class 0xff0000. BARs and the ROM have size 0,
 //!   index 8 (VGA) does not exist, index 9 is the v1 migration region.
