@@ -222,6 +222,28 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_fd_serves_another_thread_and_outlives_close() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (mut path, fd) = DataPath::over(r);
+        let shared = path.share(fd).unwrap();
+        assert_eq!(path.share(fd + 1000).err(), Some(Errno::EBADF));
+        // Our number is gone; the other thread's fd stays open until it is done.
+        assert_eq!(path.close(fd), Ok(()));
+        assert!(!path.owns(fd));
+        nix::unistd::write(&w, b"multifd").unwrap();
+        let reader = std::thread::spawn(move || {
+            assert!(shared
+                .poll(PollFlags::POLLIN, Duration::from_secs(60))
+                .unwrap()
+                .contains(PollFlags::POLLIN));
+            let mut buf = [0u8; 16];
+            let n = shared.read(&mut buf).unwrap();
+            buf[..n].to_vec()
+        });
+        assert_eq!(reader.join().unwrap(), b"multifd");
+    }
+
+    #[test]
     fn unknown_fds_never_reach_the_system() {
         let sys = FakeSys::new("/nonexistent");
         let path = DataPath::new(sys.clone());

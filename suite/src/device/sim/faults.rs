@@ -186,7 +186,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 57] = [
+static CATALOGUE: [FaultInfo; 58] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -600,6 +600,8 @@ static CATALOGUE: [FaultInfo; 57] = [
         Fail,
         "a failed SET copies the device's current state back in device_state instead of the requested one",
         Some("the draft v2 uAPI, which returned the current state on failure"),
+    ),
+    v2(
         Fault::ReadPositionPerThread,
         "read-position-per-thread",
         "V2-RACE-01",

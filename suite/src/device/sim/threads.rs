@@ -83,6 +83,14 @@ impl Simulator {
     }
 }
 
+#[cfg(test)]
+impl Simulator {
+    /// The driver state, for tests of what the uAPI does not show.
+    pub(super) fn core(&self) -> MutexGuard<'_, Core> {
+        self.shared.lock()
+    }
+}
+
 impl Device for Simulator {
     fn description(&self) -> &DeviceDescription {
         &self.desc
