@@ -32,6 +32,7 @@ use results::{CaseFold, CaseResult, Direction, Event, Outcome, RunResults};
 use suite::device::kernel::DataPath;
 use suite::device::{
     open, Access, DataFd, Device, DeviceDescription, DeviceExt, FeatureRequest, PollFlags,
+    SharedDataFd,
 };
 use suite::exec::{self, Devices, ExecOptions, RunSettings};
 use suite::scenario::{load_all, load_str, read_dir, Scenario};
@@ -326,6 +327,10 @@ impl Device for FdDevice {
 
     fn data_close(&mut self, fd: DataFd) -> Result<(), Errno> {
         self.path.close(fd)
+    }
+
+    fn share_data_fd(&mut self, fd: DataFd) -> Result<SharedDataFd, Errno> {
+        self.path.share(fd)
     }
 
     fn close_device(&mut self) -> Result<(), Errno> {

@@ -14,7 +14,7 @@ pub mod kernel;
 pub mod sim;
 pub mod spec;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -162,6 +162,12 @@ pub trait Device: Send {
     /// starts over as a fresh open (RUNNING).
     fn reopen(&mut self) -> Result<(), Errno>;
 
+    /// The data fd `fd` for other threads: the same open file, so their
+    /// reads, writes and polls race with each other and with this device's
+    /// calls as QEMU's multifd threads do. EBADF for a fd the device did
+    /// not hand out.
+    fn share_data_fd(&mut self, fd: DataFd) -> Result<SharedDataFd, Errno>;
+
     /// The device's clock, which the timing rules read (V2-TIME-01/02): for
     /// a real device the host's monotonic clock. The simulator's advances
     /// only by the time it is configured to take, so that its timing
@@ -176,6 +182,21 @@ pub fn host_now() -> Duration {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     EPOCH.elapsed()
 }
+
+/// The calls another thread makes on a shared data fd.
+pub trait DataFdOps: Send + Sync {
+    /// `read`; may block (callers poll first).
+    fn read(&self, buf: &mut [u8]) -> Result<usize, Errno>;
+
+    /// `write`.
+    fn write(&self, buf: &[u8]) -> Result<usize, Errno>;
+
+    /// `poll`; empty when `timeout` passed.
+    fn poll(&self, events: PollFlags, timeout: Duration) -> Result<PollFlags, Errno>;
+}
+
+/// A data fd several threads hold.
+pub type SharedDataFd = Arc<dyn DataFdOps>;
 
 /// The result of a SET of MIG_DEVICE_STATE: the struct as copied back,
 /// whether the ioctl failed or not (V2-FSM-10).

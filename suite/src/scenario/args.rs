@@ -24,6 +24,74 @@ pub(super) fn write_spec(ctx: &Ctx, w: &RawWrite) -> R<WriteSpec> {
     })
 }
 
+/// `race`: the kind decides which of `from`, `into` and `to` it needs.
+fn race(ctx: &mut Ctx, r: &RawRace) -> R<Op> {
+    let kind = match r.kind.value.as_str() {
+        "readers" => RaceKind::Readers,
+        "writers" => RaceKind::Writers,
+        "set_during_read" => RaceKind::SetDuringRead,
+        "reset_during_read" => RaceKind::ResetDuringRead,
+        "reset_during_write" => RaceKind::ResetDuringWrite,
+        "close_during_read" => RaceKind::CloseDuringRead,
+        "multifd_save" => RaceKind::MultifdSave,
+        "multifd_load" => RaceKind::MultifdLoad,
+        other => {
+            return Err(ctx.err(
+                &r.kind.referenced,
+                format!(
+                    "unknown race `{other}`: use readers, writers, set_during_read, reset_during_read, reset_during_write, close_during_read, multifd_save or multifd_load"
+                ),
+            ))
+        }
+    };
+    let needs_from = matches!(
+        kind,
+        RaceKind::Readers | RaceKind::Writers | RaceKind::ResetDuringWrite | RaceKind::MultifdLoad
+    );
+    let from = match (&r.from, needs_from) {
+        (Some(f), true) => Some(used_buffer(ctx, f)?),
+        (None, false) => None,
+        (Some(f), false) => return Err(ctx.err(&f.referenced, "this race takes no `from`")),
+        (None, true) => return Err(ctx.err(&r.kind.referenced, "this race needs `from: BUFFER`")),
+    };
+    let into = match (&r.into, kind == RaceKind::MultifdSave) {
+        (Some(i), true) => {
+            let name = buffer_name(ctx, i)?;
+            ctx.buffers.insert(name.clone());
+            Some(name)
+        }
+        (None, false) => None,
+        (Some(i), false) => return Err(ctx.err(&i.referenced, "only multifd_save takes `into`")),
+        (None, true) => {
+            return Err(ctx.err(&r.kind.referenced, "multifd_save needs `into: BUFFER`"))
+        }
+    };
+    let to = match (&r.to, kind == RaceKind::SetDuringRead) {
+        (Some(t), true) => Some(state_ref(ctx, t)?),
+        (None, false) => None,
+        (Some(t), false) => return Err(ctx.err(&t.referenced, "only set_during_read takes `to`")),
+        (None, true) => {
+            return Err(ctx.err(&r.kind.referenced, "set_during_read needs `to: STATE`"))
+        }
+    };
+    Ok(Op::Race {
+        kind,
+        from,
+        into,
+        to,
+        chunk: chunk(ctx, r.chunk.as_ref(), RACE_CHUNK)?,
+        within: match &r.within {
+            Some(t) => timeout(ctx, t)?,
+            None => RACE_WITHIN,
+        },
+    })
+}
+
+/// A race's reads and writes are small, so that many of them interleave.
+const RACE_CHUNK: u64 = 4096;
+/// How long a race's threads may take after the main thread is done.
+const RACE_WITHIN: Duration = Duration::from_secs(10);
+
 pub(super) fn mutation(
     ctx: &Ctx,
     truncate: Option<&Spanned<RawSize>>,
@@ -168,6 +236,7 @@ pub(super) fn op_args(ctx: &mut Ctx, raw: &Spanned<RawOp>) -> R<Op> {
             a: used_buffer(ctx, &c.a)?,
             b: used_buffer(ctx, &c.b)?,
         },
+        RawOp::Race(r) => race(ctx, r)?,
         RawOp::Sleep(d) => Op::Sleep(timeout(ctx, d)?),
         RawOp::Repeat(r) => {
             if r.times.value == 0 || r.times.value > MAX_REPEAT {

@@ -111,6 +111,29 @@ pub enum StateSet {
     List(Vec<u32>),
 }
 
+/// What the threads of a `race` step do (see the README's reference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaceKind {
+    /// Two threads read one saving fd to its end at once.
+    Readers,
+    /// Two threads write one stream to a resuming fd, taking turns.
+    Writers,
+    /// A thread reads while the main thread SETs the state.
+    SetDuringRead,
+    /// A thread reads while the main thread resets the device.
+    ResetDuringRead,
+    /// A thread writes while the main thread resets the device.
+    ResetDuringWrite,
+    /// A thread reads while the main thread closes the device fd.
+    CloseDuringRead,
+    /// `vfio_multifd_save_complete_precopy_thread()`: a thread reads the
+    /// STOP_COPY stream while the main thread queries MIG_DATA_SIZE.
+    MultifdSave,
+    /// `vfio_load_bufs_thread()`: a thread writes the stream while the
+    /// main thread GETs the state.
+    MultifdLoad,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadUntil {
     /// read() returns 0 (STOP_COPY end of stream).

@@ -11,8 +11,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::{
-    FieldAccess, FieldValue, Mutation, Protocol, ReadUntil, Role, StateRef, StateSet, Step,
-    V1Chunking, WriteSpec,
+    FieldAccess, FieldValue, Mutation, Protocol, RaceKind, ReadUntil, Role, StateRef, StateSet,
+    Step, V1Chunking, WriteSpec,
 };
 
 /// One operation. See the README's scenario reference for each one's
@@ -90,6 +90,16 @@ pub enum Op {
     Compare {
         a: String,
         b: String,
+    },
+    /// Threads on the data fd while the main thread acts (see [`RaceKind`]),
+    /// joined within `within` after the main thread is done.
+    Race {
+        kind: RaceKind,
+        from: Option<String>,
+        into: Option<String>,
+        to: Option<StateRef>,
+        chunk: u64,
+        within: Duration,
     },
     Reset,
     CloseDevice,
@@ -411,6 +421,22 @@ pub const OPERATIONS: &[OpInfo] = &[
         checks: Checks::Same(&[]),
     },
     OpInfo {
+        name: "race",
+        scope: Scope::V2,
+        observes: &[],
+        sets: &[],
+        checks: Checks::Same(&[
+            "V2-RACE-01",
+            "V2-RACE-02",
+            "V2-RACE-03",
+            "V2-RACE-04",
+            "V2-SAVE-05",
+            "V2-RESET-02",
+            "V2-FSM-13",
+            "KERNEL-02",
+        ]),
+    },
+    OpInfo {
         name: "reset",
         scope: Scope::Any,
         observes: &["ok", "errno", "state"],
@@ -612,6 +638,7 @@ impl Op {
             Op::Resume(_) => "resume",
             Op::Pipe { .. } => "pipe",
             Op::Compare { .. } => "compare",
+            Op::Race { .. } => "race",
             Op::Reset => "reset",
             Op::CloseDevice => "close_device",
             Op::Reopen => "reopen",

@@ -277,6 +277,23 @@ pub struct RawPipe {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawRace {
+    pub kind: S<String>,
+    /// The stream the workers write, or compare their reads with.
+    #[serde(default)]
+    pub from: Option<S<String>>,
+    #[serde(default)]
+    pub into: Option<S<String>>,
+    #[serde(default)]
+    pub to: Option<S<RawScalar>>,
+    #[serde(default)]
+    pub chunk: Option<S<RawSize>>,
+    #[serde(default)]
+    pub within: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawCompare {
     pub a: S<String>,
     pub b: S<String>,
@@ -434,6 +451,7 @@ pub enum RawOp {
     Resume(RawWrite),
     Pipe(RawPipe),
     Compare(RawCompare),
+    Race(RawRace),
     Sleep(S<String>),
     Repeat(RawRepeat),
     ForEach(RawForEach),
@@ -580,6 +598,7 @@ fn parse_op<'de, A: MapAccess<'de>>(name: &str, map: &mut A) -> Result<RawOp, A:
         "resume" => RawOp::Resume(map.next_value()?),
         "pipe" => RawOp::Pipe(map.next_value()?),
         "compare" => RawOp::Compare(map.next_value()?),
+        "race" => RawOp::Race(map.next_value()?),
         "sleep" => RawOp::Sleep(map.next_value()?),
         "repeat" => RawOp::Repeat(map.next_value()?),
         "for_each" => RawOp::ForEach(map.next_value()?),

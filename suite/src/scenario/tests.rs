@@ -219,3 +219,30 @@ fn the_shipped_cases_load() {
         });
     assert_eq!(scenarios.len(), files.len());
 }
+
+#[test]
+fn races_take_what_their_kind_needs() {
+    let case = |race: &str| {
+        format!("name: x\nabout: y\nsteps:\n  - save: {{ into: s }}\n  - race: {race}\n")
+    };
+    let s = load(&case("{ kind: multifd_save, into: t, within: 5s }")).unwrap();
+    assert!(matches!(
+        s.steps[1].op,
+        Op::Race {
+            kind: RaceKind::MultifdSave,
+            chunk: 4096,
+            ..
+        }
+    ));
+    let e = err(&case("{ kind: sideways }"));
+    assert!(e.message.contains("unknown race `sideways`"), "{e}");
+    assert_eq!(e.line, 5);
+    let e = err(&case("{ kind: readers }"));
+    assert!(e.message.contains("needs `from: BUFFER`"), "{e}");
+    let e = err(&case("{ kind: set_during_read, from: s, to: STOP }"));
+    assert!(e.message.contains("takes no `from`"), "{e}");
+    let e = err(&case("{ kind: readers, from: nothing }"));
+    assert!(e.message.contains("never filled"), "{e}");
+    let e = err(&case("{ kind: set_during_read }"));
+    assert!(e.message.contains("needs `to: STATE`"), "{e}");
+}

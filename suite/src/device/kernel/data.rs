@@ -8,20 +8,22 @@
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::device::{DataFd, PollFlags};
+use crate::device::{DataFd, DataFdOps, PollFlags, SharedDataFd};
 use crate::uapi::Errno;
 
 use super::arg;
 use super::sys::{Pointee, RealSys, Sys};
 
 /// Data fds owned by one device. An fd number we do not own is EBADF
-/// without a system call; dropping the path closes every fd.
+/// without a system call; dropping the path closes every fd that no
+/// other thread holds ([`DataPath::share`]); the last holder closes it.
 pub struct DataPath<S: Sys = RealSys> {
     sys: S,
     /// A device has one or two data fds open at a time: a list beats a map.
-    fds: Vec<S::Fd>,
+    fds: Vec<Arc<S::Fd>>,
 }
 
 impl DataPath<RealSys> {
@@ -45,7 +47,7 @@ impl<S: Sys> DataPath<S> {
     /// Takes ownership of `fd`; returns its number.
     pub fn insert(&mut self, fd: S::Fd) -> DataFd {
         let number = fd.as_raw_fd();
-        self.fds.push(fd);
+        self.fds.push(Arc::new(fd));
         number
     }
 
@@ -58,7 +60,21 @@ impl<S: Sys> DataPath<S> {
         self.fds
             .iter()
             .find(|f| f.as_raw_fd() == fd)
+            .map(|f| &**f)
             .ok_or(Errno::EBADF)
+    }
+
+    /// `fd` for other threads: the same fd, its calls made directly.
+    pub fn share(&self, fd: DataFd) -> Result<SharedDataFd, Errno> {
+        let fd = self
+            .fds
+            .iter()
+            .find(|f| f.as_raw_fd() == fd)
+            .ok_or(Errno::EBADF)?;
+        Ok(Arc::new(Shared {
+            sys: self.sys.clone(),
+            fd: Arc::clone(fd),
+        }))
     }
 
     /// `read` into `buf`. Callers poll first; this may block otherwise.
@@ -86,23 +102,7 @@ impl<S: Sys> DataPath<S> {
         events: PollFlags,
         timeout: Duration,
     ) -> Result<PollFlags, Errno> {
-        let fd = self.get(fd)?;
-        let deadline = Instant::now().checked_add(timeout);
-        let mut left = timeout;
-        loop {
-            match self.sys.poll(fd, events, left) {
-                Err(Errno::EINTR) => {
-                    left = match deadline {
-                        Some(d) => d.saturating_duration_since(Instant::now()),
-                        None => timeout,
-                    };
-                    if left.is_zero() {
-                        return Ok(PollFlags::empty());
-                    }
-                }
-                other => return other,
-            }
-        }
+        poll_through_signals(&self.sys, self.get(fd)?, events, timeout)
     }
 
     /// An ioctl with a pointer to `arg`, given room for whatever the
@@ -126,8 +126,57 @@ impl<S: Sys> DataPath<S> {
             .iter()
             .position(|f| f.as_raw_fd() == fd)
             .ok_or(Errno::EBADF)?;
-        let owned = self.fds.swap_remove(at);
-        self.sys.close(owned)
+        match Arc::try_unwrap(self.fds.swap_remove(at)) {
+            Ok(owned) => self.sys.close(owned),
+            // Another thread holds it: the fd closes when that thread is done.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// `poll` until an event or the deadline `timeout` from now; a signal
+/// interrupting the wait does not shorten it.
+fn poll_through_signals<S: Sys>(
+    sys: &S,
+    fd: &S::Fd,
+    events: PollFlags,
+    timeout: Duration,
+) -> Result<PollFlags, Errno> {
+    let deadline = Instant::now().checked_add(timeout);
+    let mut left = timeout;
+    loop {
+        match sys.poll(fd, events, left) {
+            Err(Errno::EINTR) => {
+                left = match deadline {
+                    Some(d) => d.saturating_duration_since(Instant::now()),
+                    None => timeout,
+                };
+                if left.is_zero() {
+                    return Ok(PollFlags::empty());
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A data fd another thread holds.
+struct Shared<S: Sys> {
+    sys: S,
+    fd: Arc<S::Fd>,
+}
+
+impl<S: Sys> DataFdOps for Shared<S> {
+    fn read(&self, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.sys.read(&self.fd, buf)
+    }
+
+    fn write(&self, buf: &[u8]) -> Result<usize, Errno> {
+        self.sys.write(&self.fd, buf)
+    }
+
+    fn poll(&self, events: PollFlags, timeout: Duration) -> Result<PollFlags, Errno> {
+        poll_through_signals(&self.sys, &self.fd, events, timeout)
     }
 }
 
@@ -170,6 +219,28 @@ mod tests {
         assert_eq!(path.close(fd), Ok(()));
         assert_eq!(path.close(fd), Err(Errno::EBADF));
         assert_eq!(path.read(fd, &mut buf), Err(Errno::EBADF));
+    }
+
+    #[test]
+    fn a_shared_fd_serves_another_thread_and_outlives_close() {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (mut path, fd) = DataPath::over(r);
+        let shared = path.share(fd).unwrap();
+        assert_eq!(path.share(fd + 1000).err(), Some(Errno::EBADF));
+        // Our number is gone; the other thread's fd stays open until it is done.
+        assert_eq!(path.close(fd), Ok(()));
+        assert!(!path.owns(fd));
+        nix::unistd::write(&w, b"multifd").unwrap();
+        let reader = std::thread::spawn(move || {
+            assert!(shared
+                .poll(PollFlags::POLLIN, Duration::from_secs(60))
+                .unwrap()
+                .contains(PollFlags::POLLIN));
+            let mut buf = [0u8; 16];
+            let n = shared.read(&mut buf).unwrap();
+            buf[..n].to_vec()
+        });
+        assert_eq!(reader.join().unwrap(), b"multifd");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 
-use crate::device::{DataFd, Device, DeviceDescription, FeatureRequest, PollFlags};
+use crate::device::{DataFd, Device, DeviceDescription, FeatureRequest, PollFlags, SharedDataFd};
 use crate::uapi::*;
 
 use super::arg::{self, FeatureCall};
@@ -307,6 +307,10 @@ impl<S: Sys> Device for KernelDevice<S> {
 
     fn data_close(&mut self, fd: DataFd) -> Result<(), Errno> {
         self.data.close(fd)
+    }
+
+    fn share_data_fd(&mut self, fd: DataFd) -> Result<SharedDataFd, Errno> {
+        self.data.share(fd)
     }
 
     fn close_device(&mut self) -> Result<(), Errno> {

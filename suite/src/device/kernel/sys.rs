@@ -62,9 +62,10 @@ pub trait Mapping: Send {
 
 /// The system calls the backend makes. Each method is one call and returns
 /// the errno unchanged.
-pub trait Sys: Send + Clone {
-    /// An open fd; dropping it closes the fd.
-    type Fd: AsRawFd + Send;
+pub trait Sys: Send + Sync + Clone + 'static {
+    /// An open fd; dropping it closes the fd. Several threads may make
+    /// calls on one fd at once (shared data fds).
+    type Fd: AsRawFd + Send + Sync;
     type Map: Mapping;
 
     fn open(&self, path: &Path, flags: OFlag) -> Result<Self::Fd, Errno>;

@@ -75,6 +75,11 @@ pub enum Fault {
     RecoverSetFails,
     ResetKeepsError,
     FailedSetCopiesState,
+    ReadPositionPerThread,
+    WritePositionPerThread,
+    PollMissesSessionEnd,
+    CloseKeepsSession,
+    StateTiedToSettingThread,
     V1PendingNeverZero,
     V1DataSizeBeyondRegion,
     V1InvalidStateAccepted,
@@ -134,7 +139,7 @@ pub fn catalogue() -> &'static [FaultInfo] {
 
 /// A set of faults, cheap to copy and test.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultSet(u64);
+pub struct FaultSet(u128);
 
 impl FaultSet {
     pub fn insert(&mut self, fault: Fault) {
@@ -146,7 +151,7 @@ impl FaultSet {
     }
 }
 
-const _: () = assert!(CATALOGUE.len() <= 64, "FaultSet holds 64 faults");
+const _: () = assert!(CATALOGUE.len() <= 128, "FaultSet holds 128 faults");
 
 use Expected::{Fail, Note, Timeout, Warn};
 use Strength::{Df, Must, Should};
@@ -187,7 +192,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 59] = [
+static CATALOGUE: [FaultInfo; 64] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -655,6 +660,51 @@ static CATALOGUE: [FaultInfo; 59] = [
         Fail,
         "a failed SET copies the device's current state back in device_state instead of the requested one",
         Some("the draft v2 uAPI, which returned the current state on failure"),
+    ),
+    v2(
+        Fault::ReadPositionPerThread,
+        "read-position-per-thread",
+        "V2-RACE-01",
+        Must,
+        Fail,
+        "every thread reading a saving fd has its own stream position: a second reader gets the stream again from its start",
+        Some("qat's f_pos race: the position read and written back outside the file's lock"),
+    ),
+    v2(
+        Fault::WritePositionPerThread,
+        "write-position-per-thread",
+        "V2-RACE-02",
+        Must,
+        Fail,
+        "every thread writing a resuming fd has its own stream position: writes from a second thread start a stream of their own",
+        Some("qat's f_pos race in the resume write path"),
+    ),
+    v2(
+        Fault::PollMissesSessionEnd,
+        "poll-misses-session-end",
+        "V2-RACE-03",
+        Must,
+        Fail,
+        "poll() on a saving fd whose session ended never reports it: a thread waiting on it sleeps until its timeout",
+        Some("a file disabled without waking its poll queue"),
+    ),
+    v2(
+        Fault::CloseKeepsSession,
+        "close-keeps-session",
+        "V2-FSM-13",
+        Must,
+        Fail,
+        "closing the device fd leaves the saving session alive: its data fd keeps delivering device data",
+        Some("the release path not disabling the migration file (use after close)"),
+    ),
+    v2(
+        Fault::StateTiedToSettingThread,
+        "state-tied-to-setting-thread",
+        "V2-RACE-04",
+        Must,
+        Fail,
+        "a saving fd read by a thread other than the one whose SET opened the session gives end of stream at once",
+        Some("session context kept per task instead of per file"),
     ),
     v1(
         Fault::V1PendingNeverZero,

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Simulator {
+impl Core {
     /// One arc of the state machine, like `mtty_step_state()`; returns the
     /// data fd the arc opens.
     pub(super) fn step(&mut self, next: MigState) -> Result<Option<DataFd>, Errno> {

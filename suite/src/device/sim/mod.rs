@@ -33,6 +33,7 @@ mod fsm;
 mod logging;
 mod regions;
 mod stream;
+mod threads;
 mod v1;
 
 #[cfg(test)]
@@ -43,17 +44,19 @@ use std::collections::BTreeMap;
 use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Access, DataFd, Device, DeviceDescription, FeatureRequest, PollFlags};
+use super::{Access, DataFd, DeviceDescription, FeatureRequest, PollFlags};
 use crate::model::{next_state, MigrationFlags};
 use crate::uapi::*;
 
 pub use config::{Freeze, SimConfig};
 pub use faults::{catalogue, Expected, Fault, FaultInfo};
+pub use threads::Simulator;
 
 use faults::FaultSet;
 use logging::DmaLog;
 use regions::config_space;
 use stream::{mix64, Checks, Content, Geometry, Header, Loader, Phase, Saver};
+use threads::Racy;
 use v1::V1Region;
 
 /// The first data fd number the simulator hands out.
@@ -145,8 +148,8 @@ struct DataFile {
     staged: Vec<u8>,
 }
 
-/// The simulated device.
-pub struct Simulator {
+/// The simulated device's state, as one thread at a time changes it.
+struct Core {
     desc: DeviceDescription,
     config: SimConfig,
     faults: FaultSet,
@@ -181,12 +184,14 @@ pub struct Simulator {
     resume_error: bool,
     /// `enomsg-in-stop-copy`: ENOMSG was returned once.
     enomsg_given: bool,
-    /// The device's clock ([`Device::now`]): the time it has taken.
+    /// The device's clock ([`Device::now`](super::Device::now)): the time it has taken.
     clock: Duration,
+    /// What the race faults keep of the current session.
+    racy: Racy,
 }
 
-impl Simulator {
-    pub fn new(spec: &str, config: SimConfig) -> Simulator {
+impl Core {
+    pub fn new(spec: &str, config: SimConfig) -> Core {
         let mut faults = FaultSet::default();
         config.faults().iter().for_each(|f| faults.insert(*f));
         let mut flags = config.flags();
@@ -210,7 +215,7 @@ impl Simulator {
             .protocols()
             .0
             .then(|| V1Region::new(config.chunk(), config.region(), config.freeze()));
-        Simulator {
+        Core {
             desc: DeviceDescription {
                 spec: spec.to_string(),
                 name: "sim".into(),
@@ -250,6 +255,7 @@ impl Simulator {
             resume_error: false,
             clock: Duration::ZERO,
             enomsg_given: false,
+            racy: Racy::default(),
             config,
         }
     }
@@ -346,6 +352,7 @@ impl Simulator {
 
     /// Ends the session; its fd then fails with ENODEV.
     fn end_session(&mut self) {
+        self.racy = Racy::default();
         let Some(session) = self.session.take() else {
             return;
         };
@@ -364,6 +371,10 @@ impl Simulator {
     fn open_save(&mut self, phase: Phase) -> DataFd {
         self.end_session();
         let saver = self.streams.saver(&self.content, phase);
+        self.racy.setter = Some(std::thread::current().id());
+        if self.has(Fault::ReadPositionPerThread) {
+            self.racy.start = Some(saver.clone());
+        }
         let fd = self.new_fd(true);
         self.session = Some(Session {
             fd,
@@ -527,7 +538,8 @@ fn reply_with(req: &mut FeatureRequest, bytes: &[u8]) {
     req.data[..bytes.len()].copy_from_slice(bytes);
 }
 
-impl Device for Simulator {
+/// The [`Device`](super::Device) calls, made by [`Simulator`] under its lock.
+impl Core {
     fn description(&self) -> &DeviceDescription {
         &self.desc
     }
@@ -755,6 +767,20 @@ impl Device for Simulator {
     fn data_read(&mut self, fd: DataFd, buf: &mut [u8]) -> Result<usize, Errno> {
         self.tick();
         let faults = self.faults;
+        let live = matches!(&self.session, Some(Session { fd: s, kind: SessionKind::Save(_) }) if *s == fd);
+        if live
+            && faults.has(Fault::StateTiedToSettingThread)
+            && self.racy.setter != Some(std::thread::current().id())
+        {
+            return Ok(0);
+        }
+        if live && faults.has(Fault::ReadPositionPerThread) && !self.racy.is_first() {
+            let content = &self.content;
+            return Ok(self
+                .racy
+                .saver()
+                .map_or(0, |saver| saver.read(content, buf, false)));
+        }
         let saver = saver_of(&mut self.session, &mut self.fds, fd)?;
         if faults.has(Fault::HangRead) {
             hang();
@@ -797,7 +823,13 @@ impl Device for Simulator {
             Some(Session {
                 fd: session_fd,
                 kind: SessionKind::Resume(loader),
-            }) if *session_fd == fd => loader.write(buf),
+            }) if *session_fd == fd => {
+                if self.faults.has(Fault::WritePositionPerThread) && !self.racy.is_first() {
+                    let (streams, content) = (&self.streams, &self.content);
+                    return self.racy.loader(|| streams.loader(content)).write(buf);
+                }
+                loader.write(buf)
+            }
             _ => Err(Errno::ENODEV),
         }
     }
@@ -837,6 +869,7 @@ impl Device for Simulator {
                     PollFlags::POLLIN | PollFlags::POLLRDNORM
                 }
                 Some(_) => PollFlags::empty(),
+                None if self.faults.has(Fault::PollMissesSessionEnd) => PollFlags::empty(),
                 None => DEFAULT_POLLMASK,
             }
         };
@@ -924,7 +957,7 @@ impl Device for Simulator {
         if !self.has(Fault::PrecopyInfoV2SurvivesReopen) {
             self.precopy_info_v2 = false;
         }
-        self.reset_device(MigState::Running, false);
+        self.reset_device(MigState::Running, self.has(Fault::CloseKeepsSession));
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Simulator {
+impl Core {
     pub(super) fn region_layout(
         &self,
         index: u32,

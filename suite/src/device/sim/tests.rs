@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::device::{DeviceExt, SetStateResult};
+use crate::device::{Device, DeviceExt, SetStateResult};
 use crate::model::v1::V1State;
 use crate::model::{expect_set, Expectation, MigrationFlags};
 use crate::uapi::v1::{DATA_OFFSET, DATA_SIZE, DEVICE_STATE, PENDING_BYTES, RESERVED};
@@ -607,7 +607,8 @@ fn large_states_stream_without_materialising() {
     }
     assert_eq!(total, length);
     assert_eq!(&last[last.len() - 24..last.len() - 20], b"END.");
-    let saver = d.saver_mut().unwrap();
+    let mut core = d.core();
+    let saver = core.saver_mut().unwrap();
     assert!(
         saver.buffer_capacity() <= 24 + 4096,
         "{}",

@@ -7,6 +7,7 @@ mod fsm;
 mod lifecycle;
 mod precopy;
 mod qemu;
+mod race;
 mod transfer;
 
 use results::{Direction, Event, StepReturn};
@@ -88,6 +89,25 @@ impl Exec<'_, '_> {
             Op::Resume(w) => self.resume(role, w, expect, key),
             Op::Pipe { to, chunk } => self.pipe(role, *to, *chunk, expect, key),
             Op::Compare { a, b } => self.compare(a, b, expect, key),
+            Op::Race {
+                kind,
+                from,
+                into,
+                to,
+                chunk,
+                within,
+            } => {
+                let to = to.as_ref().map(|t| self.resolve_state(t)).transpose()?;
+                let race = race::Race {
+                    kind: *kind,
+                    from: from.as_deref(),
+                    into: into.as_deref(),
+                    to,
+                    chunk: *chunk as usize,
+                    within: *within,
+                };
+                self.race(role, &race, key)
+            }
             Op::Reset => self.reset(role, expect, key),
             Op::CloseDevice => self.close_device(role, key),
             Op::Reopen => self.reopen(role, key),

@@ -313,6 +313,48 @@ fault_tests! {
         go(d, Stop);
         set(d, Error).device_state == Error.raw()
     };
+    read_position_per_thread: "read-position-per-thread", "", |d| {
+        let reference = save_from_stop(d, 1 << 20);
+        let fd = go(d, StopCopy);
+        let shared = d.share_data_fd(fd).unwrap();
+        assert_eq!(d.data_read(fd, &mut [0; 64]), Ok(64));
+        let other = thread::spawn(move || {
+            let mut b = [0u8; 64];
+            shared.read(&mut b).map(|n| b[..n].to_vec())
+        });
+        other.join().unwrap().as_deref() == Ok(&reference[64..128])
+    };
+    write_position_per_thread: "write-position-per-thread", "", |d| {
+        let s = stream();
+        go(d, Stop);
+        let fd = go(d, Resuming);
+        let shared = d.share_data_fd(fd).unwrap();
+        let half = s.len() / 2;
+        assert_eq!(d.data_write(fd, &s[..half]), Ok(half));
+        let rest = s[half..].to_vec();
+        let other = thread::spawn(move || shared.write(&rest));
+        other.join().unwrap() == Ok(s.len() - half) && set(d, Stop).result.is_ok()
+    };
+    poll_misses_session_end: "poll-misses-session-end", "", |d| {
+        go(d, Stop);
+        let fd = go(d, StopCopy);
+        let shared = d.share_data_fd(fd).unwrap();
+        go(d, Stop);
+        // Not a timing check: the fault never reports the fd.
+        !shared.poll(PollFlags::POLLIN, Duration::from_millis(10)).unwrap().is_empty()
+    };
+    close_keeps_session: "close-keeps-session", "", |d| {
+        go(d, Stop);
+        let fd = go(d, StopCopy);
+        d.close_device().unwrap();
+        matches!(d.data_read(fd, &mut [0; 64]), Ok(0) | Err(_))
+    };
+    state_tied_to_setting_thread: "state-tied-to-setting-thread", "", |d| {
+        go(d, Stop);
+        let fd = go(d, StopCopy);
+        let shared = d.share_data_fd(fd).unwrap();
+        thread::spawn(move || shared.read(&mut [0; 64])).join().unwrap() == Ok(64)
+    };
     v1_pending_never_zero: "v1-pending-never-zero", "v1", |d| {
         let v1 = V1::new(d);
         v1.set(d, V1State::STOP_AND_COPY).unwrap();
@@ -381,15 +423,31 @@ fn every_fault_is_tested() {
 fn slow_transition() {
     // The delays are asked for, not timed: a loaded machine makes any SET slow.
     let none = Duration::ZERO;
-    assert_eq!(sim("").set_delay(StopCopy.raw()), none);
-    let mut slow = sim("fault=slow-transition");
-    assert_eq!(slow.set_delay(Stop.raw()), none, "only STOP_COPY is slow");
-    assert_eq!(slow.set_delay(StopCopy.raw()), SLOW_SET);
-    assert_eq!(slow.set_delay(StopCopy.raw()), none, "only the first time");
-    let mut stop = sim("fault=slow-stop");
-    assert_eq!(stop.set_delay(StopCopy.raw()), none, "only STOP is slow");
-    assert_eq!(stop.set_delay(Stop.raw()), SLOW_STOP);
-    assert_eq!(stop.set_delay(Stop.raw()), none, "only the first time");
+    assert_eq!(sim("").core().set_delay(StopCopy.raw()), none);
+    let slow = sim("fault=slow-transition");
+    assert_eq!(
+        slow.core().set_delay(Stop.raw()),
+        none,
+        "only STOP_COPY is slow"
+    );
+    assert_eq!(slow.core().set_delay(StopCopy.raw()), SLOW_SET);
+    assert_eq!(
+        slow.core().set_delay(StopCopy.raw()),
+        none,
+        "only the first time"
+    );
+    let stop = sim("fault=slow-stop");
+    assert_eq!(
+        stop.core().set_delay(StopCopy.raw()),
+        none,
+        "only STOP is slow"
+    );
+    assert_eq!(stop.core().set_delay(Stop.raw()), SLOW_STOP);
+    assert_eq!(
+        stop.core().set_delay(Stop.raw()),
+        none,
+        "only the first time"
+    );
     // slow-load sleeps after a load succeeded: timed loosely from below.
     let s = stream();
     let mut load = sim("fault=slow-load");
@@ -398,7 +456,7 @@ fn slow_transition() {
     assert!(start.elapsed() >= SLOW_STOP, "the first load is slow");
     assert_eq!(load.get_state(), Ok(Stop), "the rule still holds");
     let latency = Duration::from_millis(20);
-    assert_eq!(sim("latency=20ms").set_delay(Stop.raw()), latency);
+    assert_eq!(sim("latency=20ms").core().set_delay(Stop.raw()), latency);
     // And the SET does wait that long.
     let mut slow = sim("fault=slow-transition");
     go(&mut slow, Stop);
@@ -462,4 +520,19 @@ fn hang_read() {
         clean.data_poll(fd, PollFlags::POLLIN, Duration::from_secs(5)),
         Ok(PollFlags::POLLIN)
     );
+}
+
+#[test]
+fn a_poll_in_another_thread_wakes_when_the_session_ends() {
+    let mut d = sim("");
+    let fd = go(&mut d, PreCopy);
+    // Drain the precopy data: the fd then has nothing to poll for.
+    let (_, end) = read_all(&mut d, fd, 1 << 20);
+    assert_eq!(end, End::Errno(Errno::ENOMSG));
+    let shared = d.share_data_fd(fd).unwrap();
+    let poller = thread::spawn(move || shared.poll(PollFlags::POLLIN, Duration::from_secs(3600)));
+    go(&mut d, Running);
+    // Returns when the SET wakes it (or sees the ended fd at once).
+    assert!(!poller.join().unwrap().unwrap().is_empty());
+    assert_eq!(d.share_data_fd(9999).err(), Some(Errno::EBADF));
 }
