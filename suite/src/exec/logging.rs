@@ -317,7 +317,8 @@ impl Exec<'_, '_> {
                     } else {
                         "a preset bit was cleared".into()
                     },
-                ),
+                )
+                .on(&["vfio_device_feature_dma_logging_report.bitmap"]),
             );
             if let Some((e, want)) = expect.and_then(|e| e.clean.map(|w| (e, w))) {
                 let added: u32 = req

@@ -18,7 +18,7 @@ mod v1;
 mod v2;
 mod walk;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,16 @@ pub fn run(
     opts: &ExecOptions,
     sink: &mut dyn FnMut(Event),
 ) {
+    run_judging(scenario, devices, opts, sink);
+}
+
+/// [`run`], returning which output fields the case's checks judged.
+pub(crate) fn run_judging(
+    scenario: &Scenario,
+    devices: Devices<'_>,
+    opts: &ExecOptions,
+    sink: &mut dyn FnMut(Event),
+) -> Judged {
     let start = Instant::now();
     let seed = case_seed(opts.seed, &scenario.name);
     sink(Event::CaseStarted {
@@ -131,8 +141,10 @@ pub fn run(
         Err(Abort::Harness(message)) => (exec.sink)(Event::HarnessError { message }),
     }
     exec.finish();
+    let judged = std::mem::take(&mut exec.judged);
     let duration_ns = nanos(start.elapsed());
     sink(Event::CaseFinished { duration_ns });
+    judged
 }
 
 /// Why a case cannot go on.
@@ -310,7 +322,12 @@ pub(crate) struct Exec<'a, 'd> {
     pub buf: Vec<u8>,
     /// Any MUST/SHOULD check failed so far.
     pub failed: bool,
+    /// (output field, requirement ID) of every check made on a field's form.
+    judged: Judged,
 }
+
+/// (output field, requirement ID) pairs a case judged.
+pub(crate) type Judged = BTreeSet<(&'static str, String)>;
 
 /// One role's context, borrowing only the roles (so the data buffer can be
 /// borrowed alongside).
@@ -368,6 +385,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             check_name: String::new(),
             buf: vec![0u8; opts.buffer_size.max(4096)],
             failed: false,
+            judged: BTreeSet::new(),
         }
     }
 

@@ -104,7 +104,7 @@ impl Exec<'_, '_> {
                             format!(
                                 "initial_bytes = {init_now}, dirty_bytes = {dirty_now} after {read} bytes"
                             ),
-                        ),
+                        ).on(&["vfio_precopy_info.initial_bytes", "vfio_precopy_info.dirty_bytes"]),
                     );
                 }
             }
