@@ -538,6 +538,9 @@ pub const OUTPUT_FIELDS: &[&str] = &[
     "vfio_precopy_info.flags",
     "vfio_precopy_info.initial_bytes",
     "vfio_precopy_info.dirty_bytes",
+    // DMA_LOGGING_START copies the control back with the page size the
+    // driver's log_start() selected (vfio_ioctl_device_feature_logging_start()).
+    "vfio_device_feature_dma_logging_control.page_size",
     // DMA_LOGGING_REPORT: the u64 array `bitmap` points at.
     "vfio_device_feature_dma_logging_report.bitmap",
     // v1: the migration region's header, read by the user.

@@ -50,6 +50,30 @@ pub fn expect_report(iova: u64, length: u64, page_size: u64) -> Result<(), Errno
 /// Bits pre-set in a REPORT bitmap: a driver may only add bits (V2-LOG-05).
 const PATTERN: u64 = 0x8000_0000_0000_0001;
 
+/// The first bit a REPORT newly set at or past bit `bits` (the range has
+/// `bits` pages): a page outside the range asked for. The core's
+/// iova_bitmap maps bit i of u64 word w to the page at iova + (64w + i) *
+/// page_size.
+fn bits_beyond(after: &[u64], before: &[u64], bits: u64) -> Option<u64> {
+    after
+        .iter()
+        .zip(before)
+        .enumerate()
+        .find_map(|(w, (a, b))| {
+            let first = (w as u64) * 64;
+            let added = a & !b;
+            let mask = if bits <= first {
+                u64::MAX
+            } else if bits - first >= 64 {
+                0
+            } else {
+                u64::MAX << (bits - first)
+            };
+            let hit = added & mask;
+            (hit != 0).then(|| first + u64::from(hit.trailing_zeros()))
+        })
+}
+
 /// Whether `[iova, iova + length)` lies inside the union of `ranges`.
 fn covers(ranges: &[(u64, u64)], iova: u64, length: u64) -> bool {
     let mut sorted: Vec<(u64, u64)> = ranges.to_vec();
@@ -109,6 +133,9 @@ impl Exec<'_, '_> {
         }
         let got = r.map(|()| 0);
         self.record(call, Returned::of(&got).in_state(state), key);
+        if r.is_ok() {
+            self.selected_page_size(&req, page_size, key);
+        }
         if let Some((e, w)) = expect.and_then(|e| e.result.as_ref().map(|w| (e, w))) {
             self.check_result(key, e, w, &got);
             return Ok(());
@@ -149,6 +176,29 @@ impl Exec<'_, '_> {
             ),
         }
         Ok(())
+    }
+
+    /// V2-LOG-07: the page size a successful START copies back is the
+    /// granularity the driver selected (vfio.h: "On output the device will
+    /// return the page size it selected"). The core takes it from
+    /// log_start() unchecked, while REPORT refuses a page size below 4096
+    /// or not a power of two (vfio_ioctl_device_feature_logging_report())
+    /// and iova_bitmap derives its shift with __ffs(): any other answer
+    /// names a granularity no REPORT can be made at.
+    fn selected_page_size(&mut self, req: &FeatureRequest, hint: u64, key: &StepKey) {
+        let selected = VfioDeviceFeatureDmaLoggingControl::from_bytes(&req.data).page_size;
+        let pass = selected >= 4096 && selected.is_power_of_two();
+        self.check(
+            key,
+            Check::builtin(
+                "page-size",
+                "V2-LOG-07",
+                pass,
+                "a power of two of at least 4096".into(),
+                format!("page_size = {selected} (hint {hint})"),
+            )
+            .on(&["vfio_device_feature_dma_logging_control.page_size"]),
+        );
     }
 
     pub(super) fn logging_stop(
@@ -304,6 +354,21 @@ impl Exec<'_, '_> {
             }
         }
         if r.is_ok() {
+            let beyond = bits_beyond(&req.bitmap, &before, bits);
+            self.check(
+                key,
+                Check::builtin(
+                    "within-range",
+                    "V2-LOG-08",
+                    beyond.is_none(),
+                    format!("no bit set at or past bit {bits}, the range's last page"),
+                    match beyond {
+                        Some(b) => format!("bit {b} set"),
+                        None => "none".into(),
+                    },
+                )
+                .on(&["vfio_device_feature_dma_logging_report.bitmap"]),
+            );
             let kept = req.bitmap.iter().zip(&before).all(|(a, b)| a & b == *b);
             self.check(
                 key,
@@ -361,6 +426,17 @@ mod tests {
         assert!(!covers(&[(0, 4096), (8192, 4096)], 0, 12288));
         assert!(!covers(&r, 0, 0));
         assert!(!covers(&r, u64::MAX, 2));
+    }
+
+    #[test]
+    fn bits_past_the_last_page_are_found() {
+        // 70 pages: word 1 holds pages 64..69, bits 6.. are beyond.
+        assert_eq!(bits_beyond(&[u64::MAX, 0x3f], &[0, 0], 70), None);
+        assert_eq!(bits_beyond(&[0, 1 << 6], &[0, 0], 70), Some(70));
+        // Preset bits are the caller's, not the driver's.
+        assert_eq!(bits_beyond(&[1 << 63], &[1 << 63], 3), None);
+        assert_eq!(bits_beyond(&[1 << 3], &[0], 3), Some(3));
+        assert_eq!(bits_beyond(&[0, 1], &[0, 0], 64), Some(64));
     }
 
     #[test]

@@ -407,7 +407,11 @@ impl Simulator {
             return Err(Errno::EINVAL);
         }
         self.log = Some(log);
-        reply_with(req, &control.to_bytes());
+        let mut selected = control;
+        if self.has(Fault::LoggingPageShiftReturned) {
+            selected.page_size = u64::from(control.page_size.trailing_zeros());
+        }
+        reply_with(req, &selected.to_bytes());
         Ok(())
     }
 
@@ -424,7 +428,17 @@ impl Simulator {
         if unsupported {
             return Err(Errno::EOPNOTSUPP);
         }
-        log.report(&report, &mut req.bitmap)
+        log.report(&report, &mut req.bitmap)?;
+        if self.has(Fault::LoggingReportPastRange) {
+            let past = report.length.div_ceil(report.page_size);
+            if let Some(word) = usize::try_from(past / 64)
+                .ok()
+                .and_then(|w| req.bitmap.get_mut(w))
+            {
+                *word |= 1 << (past % 64);
+            }
+        }
+        Ok(())
     }
 
     /// Back to `state` with no session (unless `keep_session`), no DMA
