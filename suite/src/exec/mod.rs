@@ -132,6 +132,7 @@ pub(crate) fn run_judging(
         seed: Some(seed),
     });
     let mut exec = Exec::new(scenario.protocol, devices, opts, sink, start, seed);
+    exec.exact_dma = scenario.requires.dma_writes;
     let outcome = exec
         .prepare()
         .and_then(|()| exec.steps(&scenario.steps, &mut Vec::new()));
@@ -237,6 +238,10 @@ pub(crate) struct RoleCtx<'d> {
     pub logging: bool,
     /// The ranges the START that began it logs.
     pub logged_ranges: Vec<(u64, u64)>,
+    /// The pages (start, length at START's page size) of the device's
+    /// declared DMA writes inside the logged ranges that no REPORT has
+    /// returned yet.
+    pub declared_pages: Vec<(u64, u64)>,
     /// MIG_PRECOPY_INFOv2 was enabled by a SET of feature 12.
     pub precopy_info_v2: bool,
     /// The v1 migration region, found when a v1 case starts.
@@ -324,6 +329,8 @@ pub(crate) struct Exec<'a, 'd> {
     pub failed: bool,
     /// (output field, requirement ID) of every check made on a field's form.
     judged: Judged,
+    /// The case requires declared DMA writes (V2-LOG-09 on every REPORT).
+    exact_dma: bool,
 }
 
 /// (output field, requirement ID) pairs a case judged.
@@ -361,6 +368,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             loaded_ns: None,
             logging: false,
             logged_ranges: Vec::new(),
+            declared_pages: Vec::new(),
             precopy_info_v2: false,
             region: None,
             delivered: Delivered::Unfit("no data written".into()),
@@ -386,6 +394,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             buf: vec![0u8; opts.buffer_size.max(4096)],
             failed: false,
             judged: BTreeSet::new(),
+            exact_dma: false,
         }
     }
 

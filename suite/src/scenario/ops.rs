@@ -475,7 +475,13 @@ pub const OPERATIONS: &[OpInfo] = &[
         scope: Scope::Any,
         observes: &["ok", "errno", "clean"],
         sets: &[],
-        checks: Checks::Same(&["V2-LOG-03", "V2-LOG-04", "V2-LOG-05", "V2-LOG-08"]),
+        checks: Checks::Same(&[
+            "V2-LOG-03",
+            "V2-LOG-04",
+            "V2-LOG-05",
+            "V2-LOG-08",
+            "V2-LOG-09",
+        ]),
     },
     OpInfo {
         name: "migration_region",

@@ -61,6 +61,7 @@ pub enum Fault {
     LoggingReportUnsupported,
     LoggingPageShiftReturned,
     LoggingReportPastRange,
+    LoggingReportNextPage,
     SlowTransition,
     SlowStop,
     HangTransition,
@@ -183,7 +184,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 55] = [
+static CATALOGUE: [FaultInfo; 56] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -525,6 +526,15 @@ static CATALOGUE: [FaultInfo; 55] = [
         Fail,
         "DMA_LOGGING_REPORT also sets the bit of the page after the range's last one",
         Some("an inclusive end (iova + length) where the last page is iova + length - page_size"),
+    ),
+    v2(
+        Fault::LoggingReportNextPage,
+        "logging-report-next-page",
+        "V2-LOG-09",
+        Must,
+        Fail,
+        "DMA_LOGGING_REPORT sets the bit of the page after each page the device wrote",
+        Some("a tracker that records where a write ends (addr + len) and passes that to iova_bitmap_set()"),
     ),
     v2(
         Fault::SlowTransition,
