@@ -231,6 +231,7 @@ impl FdDevice {
                 iommu_group: None,
                 access: Access::Simulator,
                 device_type: None,
+                dma_writes: Vec::new(),
             },
             path,
             data_fd,

@@ -420,6 +420,7 @@ mod tests {
             iommu_group: Some(20),
             access: Access::Cdev,
             device_type: Some("8086:10fb".into()),
+            dma_writes: Vec::new(),
         };
         let caps = DeviceCaps {
             migration_flags: Some(3),

@@ -1,7 +1,10 @@
 //! The requirement catalogue (`suite/requirements.yaml`), compiled in.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
+
+use serde::Deserialize;
 
 pub use results::{QemuEffect, Requirement, Strength};
 
@@ -17,6 +20,57 @@ pub fn all() -> &'static [Requirement] {
 
 pub fn find(id: &str) -> Option<&'static Requirement> {
     all().iter().find(|r| r.id == id)
+}
+
+/// What a check verifies about an output field's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    /// One of the values the uAPI defines (flag bits, -1, a state).
+    Value,
+    /// Inside bounds (a region, a range's pages).
+    Range,
+    /// A multiple of a page.
+    Alignment,
+    PowerOfTwo,
+    /// Moves only one way across calls (falls, only sets bits, stays).
+    Monotonic,
+    /// Agrees with what was then read, written or asked for.
+    Consistency,
+}
+
+/// One check on an output field, as `judges:` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    /// `struct.field` as [`crate::uapi::OUTPUT_FIELDS`] names it.
+    pub field: String,
+    pub id: String,
+    pub form: Form,
+}
+
+/// Every check on an output field the catalogue lists, in file order.
+pub fn judged() -> &'static [Judged] {
+    #[derive(Deserialize)]
+    struct Entry {
+        id: String,
+        #[serde(default)]
+        judges: BTreeMap<String, Form>,
+    }
+    static ALL: OnceLock<Vec<Judged>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let entries: Vec<Entry> =
+            serde_saphyr::from_str(CATALOGUE).expect("suite/requirements.yaml is valid (tested)");
+        entries
+            .into_iter()
+            .flat_map(|e| {
+                e.judges.into_iter().map(move |(field, form)| Judged {
+                    field,
+                    id: e.id.clone(),
+                    form,
+                })
+            })
+            .collect()
+    })
 }
 
 /// The worst QEMU effect among the requirements `ids` names.
@@ -43,6 +97,31 @@ mod tests {
         assert_eq!(find("V2-PRECOPY-06").unwrap().strength, Strength::Should);
         assert_eq!(find("V1-SAVE-05").unwrap().strength, Strength::Info);
         assert!(find("V9-NOPE-01").is_none());
+    }
+
+    /// Every value the kernel hands back has a check on its form, and
+    /// `judges:` names only such values. That each listed check is made on
+    /// its field is tested by running the catalogue (exec's tests).
+    #[test]
+    fn every_output_field_is_judged() {
+        let fields = crate::uapi::OUTPUT_FIELDS;
+        for j in judged() {
+            assert!(
+                fields.contains(&j.field.as_str()),
+                "{}: `judges:` names {:?}, which is not in uapi::OUTPUT_FIELDS",
+                j.id,
+                j.field
+            );
+        }
+        let unjudged: Vec<&str> = fields
+            .iter()
+            .copied()
+            .filter(|f| !judged().iter().any(|j| j.field == *f))
+            .collect();
+        assert!(
+            unjudged.is_empty(),
+            "output fields without a check in suite/requirements.yaml `judges:`: {unjudged:?}"
+        );
     }
 
     /// Every rule says what QEMU does when a driver breaks it, from which

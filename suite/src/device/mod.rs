@@ -56,6 +56,11 @@ pub struct DeviceDescription {
     /// What makes streams compatible: mdev type (`mtty-2`), PCI
     /// `vendor:device`, or the simulator's `type=`.
     pub device_type: Option<String>,
+    /// IOVAs the device declares it DMA-writes once after each successful
+    /// DMA_LOGGING_START (the simulator's `dma=`), so that a REPORT's bit
+    /// positions can be judged. Kernel devices declare none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dma_writes: Vec<u64>,
 }
 
 /// One `VFIO_DEVICE_FEATURE` call, framed exactly as given.

@@ -23,6 +23,9 @@ pub struct DeviceCaps {
     pub v1_mmap_areas: Vec<(u64, u64)>,
     /// DMA logging answers PROBE.
     pub logging: bool,
+    /// IOVAs the device declares it writes after each START.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dma_writes: Vec<u64>,
     pub stop_copy_length: Option<u64>,
     /// MIG_PRECOPY_INFOv2 (feature 12) answers PROBE.
     pub precopy_info_v2: bool,
@@ -61,6 +64,7 @@ pub fn probe_caps(dev: &mut dyn Device) -> DeviceCaps {
         Err(e) => caps.migration_error = Some(errno_name(e)),
     }
     if caps.migration_flags.is_some() {
+        caps.dma_writes = dev.description().dma_writes.clone();
         caps.stop_copy_length = dev.stop_copy_length().ok();
         caps.state = dev.get_state().ok().map(|s| s.name().to_string());
         caps.logging = dev
@@ -153,6 +157,11 @@ pub fn applicable(
     if s.requires.logging && !device.logging {
         return Err(
             "device does not support DMA logging (PROBE of DMA_LOGGING_START failed)".into(),
+        );
+    }
+    if s.requires.dma_writes && device.dma_writes.is_empty() {
+        return Err(
+            "the device declares no DMA writes to find in a REPORT (the simulator's `dma=`)".into(),
         );
     }
     if s.requires.without_v2 && device.migration_flags.is_some() {

@@ -35,9 +35,22 @@ pub(crate) struct Check<'s> {
     pub pass: bool,
     pub expected: String,
     pub observed: String,
+    /// The output fields (`uapi::OUTPUT_FIELDS`) whose form this judges.
+    pub fields: &'static [&'static str],
 }
 
 impl<'s> Check<'s> {
+    /// Names the output fields this check judges the form of.
+    pub fn on(self, fields: &'static [&'static str]) -> Self {
+        debug_assert!(
+            fields
+                .iter()
+                .all(|f| crate::uapi::OUTPUT_FIELDS.contains(f)),
+            "{fields:?}"
+        );
+        Check { fields, ..self }
+    }
+
     /// A built-in check: strength from the catalogue.
     pub fn builtin(
         kind: &'s str,
@@ -53,6 +66,7 @@ impl<'s> Check<'s> {
             pass,
             expected,
             observed,
+            fields: &[],
         }
     }
 
@@ -71,6 +85,7 @@ impl<'s> Check<'s> {
             pass,
             expected,
             observed,
+            fields: &[],
         }
     }
 }
@@ -224,6 +239,11 @@ impl Exec<'_, '_> {
         let verdict = if c.pass { Verdict::Pass } else { Verdict::Fail };
         if !c.pass && matches!(c.strength, Strength::Must | Strength::Should) {
             self.failed = true;
+        }
+        for field in c.fields {
+            for id in &c.ids {
+                self.judged.insert((field, id.clone()));
+            }
         }
         if let Some(i) = self.check_slot(key, c.kind) {
             let agg = &mut self.checks[i];

@@ -18,7 +18,7 @@ mod v1;
 mod v2;
 mod walk;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,16 @@ pub fn run(
     opts: &ExecOptions,
     sink: &mut dyn FnMut(Event),
 ) {
+    run_judging(scenario, devices, opts, sink);
+}
+
+/// [`run`], returning which output fields the case's checks judged.
+pub(crate) fn run_judging(
+    scenario: &Scenario,
+    devices: Devices<'_>,
+    opts: &ExecOptions,
+    sink: &mut dyn FnMut(Event),
+) -> Judged {
     let start = Instant::now();
     let seed = case_seed(opts.seed, &scenario.name);
     sink(Event::CaseStarted {
@@ -122,6 +132,7 @@ pub fn run(
         seed: Some(seed),
     });
     let mut exec = Exec::new(scenario.protocol, devices, opts, sink, start, seed);
+    exec.exact_dma = scenario.requires.dma_writes;
     let outcome = exec
         .prepare()
         .and_then(|()| exec.steps(&scenario.steps, &mut Vec::new()));
@@ -131,8 +142,10 @@ pub fn run(
         Err(Abort::Harness(message)) => (exec.sink)(Event::HarnessError { message }),
     }
     exec.finish();
+    let judged = std::mem::take(&mut exec.judged);
     let duration_ns = nanos(start.elapsed());
     sink(Event::CaseFinished { duration_ns });
+    judged
 }
 
 /// Why a case cannot go on.
@@ -225,6 +238,10 @@ pub(crate) struct RoleCtx<'d> {
     pub logging: bool,
     /// The ranges the START that began it logs.
     pub logged_ranges: Vec<(u64, u64)>,
+    /// The pages (start, length at START's page size) of the device's
+    /// declared DMA writes inside the logged ranges that no REPORT has
+    /// returned yet.
+    pub declared_pages: Vec<(u64, u64)>,
     /// MIG_PRECOPY_INFOv2 was enabled by a SET of feature 12.
     pub precopy_info_v2: bool,
     /// The v1 migration region, found when a v1 case starts.
@@ -310,7 +327,14 @@ pub(crate) struct Exec<'a, 'd> {
     pub buf: Vec<u8>,
     /// Any MUST/SHOULD check failed so far.
     pub failed: bool,
+    /// (output field, requirement ID) of every check made on a field's form.
+    judged: Judged,
+    /// The case requires declared DMA writes (V2-LOG-09 on every REPORT).
+    exact_dma: bool,
 }
+
+/// (output field, requirement ID) pairs a case judged.
+pub(crate) type Judged = BTreeSet<(&'static str, String)>;
 
 /// One role's context, borrowing only the roles (so the data buffer can be
 /// borrowed alongside).
@@ -344,6 +368,7 @@ impl<'a, 'd> Exec<'a, 'd> {
             loaded_ns: None,
             logging: false,
             logged_ranges: Vec::new(),
+            declared_pages: Vec::new(),
             precopy_info_v2: false,
             region: None,
             delivered: Delivered::Unfit("no data written".into()),
@@ -368,6 +393,8 @@ impl<'a, 'd> Exec<'a, 'd> {
             check_name: String::new(),
             buf: vec![0u8; opts.buffer_size.max(4096)],
             failed: false,
+            judged: BTreeSet::new(),
+            exact_dma: false,
         }
     }
 

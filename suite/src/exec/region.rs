@@ -89,7 +89,8 @@ impl Exec<'_, '_> {
                 data_offset.is_ok_and(|o| o >= f::HEADER_SIZE && o < region.info.size),
                 "data_offset past the header and inside the region".into(),
                 format!("{data_offset:?}"),
-            ),
+            )
+            .on(&["vfio_device_migration_info.data_offset"]),
         );
         Ok(())
     }

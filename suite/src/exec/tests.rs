@@ -336,3 +336,67 @@ fn leaving_resuming_after_a_refused_write_must_fail_on_every_arc() {
         "{failed:?}"
     );
 }
+
+/// Every check suite/requirements.yaml lists under `judges:` is made, on
+/// that field, when the built-in catalogue runs on the simulator (v2 with
+/// every optional feature, and v1): the list cannot name a check the
+/// executor does not make.
+#[test]
+fn every_listed_output_check_is_made_by_the_catalogue() {
+    use crate::device::DeviceSpec;
+    let scenarios = crate::scenario::load_all(crate::catalogue::builtin().iter().copied()).unwrap();
+    let opts = ExecOptions {
+        include_dangerous: true,
+        ..ExecOptions::default()
+    };
+    let settings = RunSettings {
+        include_dangerous: true,
+        deterministic_stream: true,
+    };
+    let mut judged = Judged::new();
+    for spec in ["sim", "sim:v1"] {
+        let spec = DeviceSpec::parse(spec).unwrap();
+        let other = spec.incompatible_sim().unwrap();
+        let caps = probe_caps(spec.open().unwrap().as_mut());
+        let other_caps = probe_caps(other.open().unwrap().as_mut());
+        for s in &scenarios {
+            if applicable(s, &caps, Some(&caps), Some(&other_caps), settings).is_err() {
+                continue;
+            }
+            let (mut dev, mut dst, mut inc) = (
+                spec.open().unwrap(),
+                spec.open().unwrap(),
+                other.open().unwrap(),
+            );
+            let devices = Devices {
+                device: dev.as_mut(),
+                destination: Some(dst.as_mut()),
+                incompatible: Some(inc.as_mut()),
+            };
+            judged.extend(run_judging(s, devices, &opts, &mut |_| {}));
+        }
+    }
+    let missing: Vec<String> = requirements::judged()
+        .iter()
+        .filter(|j| !judged.iter().any(|(f, id)| *f == j.field && *id == j.id))
+        .map(|j| format!("{} by {}", j.field, j.id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "listed under `judges:` but no check made it: {missing:?}"
+    );
+    // And no check judges a field the catalogue does not list for it.
+    let unlisted: Vec<String> = judged
+        .iter()
+        .filter(|(f, id)| {
+            !requirements::judged()
+                .iter()
+                .any(|j| j.field == *f && j.id == *id)
+        })
+        .map(|(f, id)| format!("{f} by {id}"))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "checks on output fields missing from `judges:`: {unlisted:?}"
+    );
+}

@@ -54,6 +54,11 @@ pub struct Requires {
     pub incompatible: bool,
     /// DMA logging (features 6-8).
     pub logging: bool,
+    /// The device declares DMA writes it makes after each START
+    /// ([`crate::device::DeviceDescription::dma_writes`]), and the case
+    /// keeps it from running while it logs: every REPORT then holds exactly
+    /// those writes (V2-LOG-09).
+    pub dma_writes: bool,
     /// Two saves of an unchanged device give the same bytes.
     pub deterministic_stream: bool,
     /// MIG_PRECOPY_INFOv2 (feature 12).

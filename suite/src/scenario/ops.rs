@@ -493,7 +493,7 @@ pub const OPERATIONS: &[OpInfo] = &[
         scope: Scope::Any,
         observes: &["ok", "errno"],
         sets: &[],
-        checks: Checks::Same(&["V2-LOG-01", "V2-LOG-02"]),
+        checks: Checks::Same(&["V2-LOG-01", "V2-LOG-02", "V2-LOG-07"]),
     },
     OpInfo {
         name: "logging_stop",
@@ -507,7 +507,13 @@ pub const OPERATIONS: &[OpInfo] = &[
         scope: Scope::Any,
         observes: &["ok", "errno", "clean"],
         sets: &[],
-        checks: Checks::Same(&["V2-LOG-03", "V2-LOG-04", "V2-LOG-05"]),
+        checks: Checks::Same(&[
+            "V2-LOG-03",
+            "V2-LOG-04",
+            "V2-LOG-05",
+            "V2-LOG-08",
+            "V2-LOG-09",
+        ]),
     },
     OpInfo {
         name: "migration_region",

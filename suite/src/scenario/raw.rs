@@ -39,6 +39,8 @@ pub struct RawRequires {
     #[serde(default)]
     pub logging: bool,
     #[serde(default)]
+    pub dma_writes: bool,
+    #[serde(default)]
     pub deterministic_stream: bool,
     #[serde(default)]
     pub precopy_info_v2: bool,

@@ -157,6 +157,7 @@ pub(super) fn requires(ctx: &Ctx, r: &Spanned<RawRequires>) -> R<(Protocol, Requ
             destination: devices.is_some_and(|(n, _)| n == 2),
             incompatible: raw.incompatible,
             logging: raw.logging,
+            dma_writes: raw.dma_writes,
             deterministic_stream: raw.deterministic_stream,
             precopy_info_v2: raw.precopy_info_v2,
             without_v2: raw.without_v2,

@@ -55,6 +55,9 @@ run_lab() {
         CDEV_C=$(cdev_node "$UUID_C") || return 1
     printf 'CDEV_A=%s\nCDEV_B=%s\nCDEV_C=%s\n' "$CDEV_A" "$CDEV_B" "$CDEV_C" \
         >>/results/devices.env
+    # mtty does no DMA: it declares writes (lab/kernel/mtty-lab-faults.patch)
+    # so that dma-logging-layout can judge a REPORT's bit positions.
+    echo 0x123000,0x150010 >"$MTTY_PARAMETERS/lab_dma_writes"
     # The whole catalogue again, through iommufd: bind, IOAS, attach.
     suite mtty-cdev vfio-migtest run --device "$CDEV_A" --destination "$CDEV_B" \
         --incompatible "$CDEV_C" --include-dangerous --out /results/mtty-cdev \

@@ -147,6 +147,16 @@ pub fn ensure(source_deb: &Path, fallback_cache: &Path) -> Result<LabKernel> {
         );
         return Ok(kernel);
     }
+    // Held until the entry is stored; the build that waited finds it.
+    let _lock = lock_cache(&cache)?;
+    if let Some(kernel) = cached(&entry)? {
+        println!(
+            "lab kernel: cached {} ({}), built while waiting",
+            kernel.bzimage.display(),
+            kernel.release
+        );
+        return Ok(kernel);
+    }
     packages::install_missing(&BUILD_PACKAGES)?;
     let tree = cache.join(format!("src-{:016x}", fnv1a64(deb_name.bytes())));
     let started = Instant::now();
@@ -170,6 +180,34 @@ pub fn ensure(source_deb: &Path, fallback_cache: &Path) -> Result<LabKernel> {
     fs::rename(&staging, &entry)?;
     println!("lab kernel: built {release} in {seconds} s");
     cached(&entry)?.context("the lab kernel build left no complete cache entry")
+}
+
+/// Takes the cache's build lock (an flock, released when the file is
+/// dropped or the process dies), waiting for a build that holds it: two
+/// builds in the shared source tree at once corrupt each other.
+fn lock_cache(cache: &Path) -> Result<fs::File> {
+    let path = cache.join("build.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            println!(
+                "lab kernel: another build holds {}; waiting for it to finish",
+                path.display()
+            );
+            file.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    Ok(file)
 }
 
 fn cached(entry: &Path) -> Result<Option<LabKernel>> {
@@ -591,6 +629,23 @@ mod tests {
             ["CONFIG_B=y", "# CONFIG_C is not set"]
         );
         assert!(unmet_options(fragment, "CONFIG_A=y\nCONFIG_B=y\n").is_empty());
+    }
+
+    #[test]
+    fn one_build_at_a_time_holds_the_cache() {
+        let dir = std::env::temp_dir().join(format!("lab-lock-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let held = lock_cache(&dir).unwrap();
+        // A second open file description is refused while the first holds it.
+        let other = fs::File::open(dir.join("build.lock")).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        other.try_lock().unwrap();
+        drop(other);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

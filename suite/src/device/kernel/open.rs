@@ -126,7 +126,7 @@ fn mdev_device(paths: &Paths, uuid: &str, refuse: &Refuse) -> Result<SysfsDevice
     Ok(dev)
 }
 
-fn describe(spec: &str, dev: &SysfsDevice, access: Access) -> DeviceDescription {
+fn describe(paths: &Paths, spec: &str, dev: &SysfsDevice, access: Access) -> DeviceDescription {
     DeviceDescription {
         spec: spec.to_string(),
         name: dev.name.clone(),
@@ -135,7 +135,30 @@ fn describe(spec: &str, dev: &SysfsDevice, access: Access) -> DeviceDescription 
         iommu_group: dev.iommu_group,
         access,
         device_type: dev.device_type(),
+        dma_writes: dev
+            .driver
+            .as_deref()
+            .map_or_else(Vec::new, |d| declared_dma_writes(paths, d)),
     }
+}
+
+/// The DMA writes a driver's lab-only `lab_dma_writes` module parameter
+/// declares (lab/kernel/mtty-lab-faults.patch: comma-separated IOVAs, each
+/// written once after every DMA_LOGGING_START); none without it.
+fn declared_dma_writes(paths: &Paths, driver: &str) -> Vec<u64> {
+    let param = paths
+        .sysfs
+        .join("module")
+        .join(driver)
+        .join("parameters/lab_dma_writes");
+    std::fs::read_to_string(param)
+        .map(|text| {
+            text.trim()
+                .split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The legacy path: group, container, Type1v2 (or no-IOMMU), GET_DEVICE_FD.
@@ -259,7 +282,7 @@ fn open_group<S: Sys>(
         };
         refuse.errno(e, format!("VFIO_GROUP_GET_DEVICE_FD failed: {e}{why}"))
     })?;
-    let desc = describe(spec, &dev, Access::Group);
+    let desc = describe(paths, spec, &dev, Access::Group);
     Ok(KernelDevice::new(
         sys,
         desc,
@@ -460,7 +483,7 @@ fn open_cdev<S: Sys>(
         };
         refuse.errno(e, message)
     })?;
-    let desc = describe(spec, &dev, Access::Cdev);
+    let desc = describe(paths, spec, &dev, Access::Cdev);
     Ok(KernelDevice::new(
         sys,
         desc,
@@ -519,6 +542,17 @@ mod tests {
         assert_eq!(desc.driver.as_deref(), Some("mtty"));
         assert_eq!(desc.device_type.as_deref(), Some("mtty-2"));
         assert_eq!(desc.iommu_group, Some(3));
+    }
+
+    #[test]
+    fn mtty_declares_the_writes_of_its_lab_parameter() {
+        let lab = Lab::new();
+        assert!(lab.open(UUID).unwrap().description().dma_writes.is_empty());
+        let params = lab.tree.paths.sysfs.join("module/mtty/parameters");
+        std::fs::create_dir_all(&params).unwrap();
+        std::fs::write(params.join("lab_dma_writes"), "1191936,1376272\n").unwrap();
+        let dev = lab.open(UUID).unwrap();
+        assert_eq!(dev.description().dma_writes, [0x12_3000, 0x15_0010]);
     }
 
     #[test]

@@ -26,6 +26,12 @@ const MAX_PAGE: u64 = 64 << 20;
 /// Bitmaps over the pages are kept in memory: bound them.
 const MAX_PAGES: u64 = 1 << 28;
 
+/// The IOVAs written after each DMA_LOGGING_START unless `dma=` says
+/// otherwise: bit 35 of word 0 and bit 16 of word 1 of a 4 KiB-page REPORT
+/// of the range at 1 MiB (bits 2 and 5 at 64 KiB), the second one not page
+/// aligned; none on a bit a REPORT's caller presets (0 or 63).
+const DMA_WRITES: [u64; 2] = [0x12_3000, 0x15_0010];
+
 /// Every option of the simulator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimConfig {
@@ -46,6 +52,7 @@ pub struct SimConfig {
     region: u64,
     freeze: Freeze,
     faults: Vec<Fault>,
+    dma_writes: Vec<u64>,
 }
 
 impl Default for SimConfig {
@@ -68,13 +75,14 @@ impl Default for SimConfig {
             region: 64 << 10,
             freeze: Freeze::Clear,
             faults: Vec::new(),
+            dma_writes: DMA_WRITES.to_vec(),
         }
     }
 }
 
 const VALID_OPTIONS: &str = "v1, v2, v1+v2, flags=stop_copy[+p2p][+pre_copy], size=SIZE, \
 page=SIZE, precopy=SIZE, dirty=N, reinit=N, deterministic=true|false, type=NAME, seed=N, \
-logging=true|false, latency=DURATION, chunk=SIZE, region=SIZE, freeze=clear|pending, fault=NAME";
+logging=true|false, latency=DURATION, chunk=SIZE, region=SIZE, freeze=clear|pending, fault=NAME, dma=IOVA[+IOVA...]|none";
 
 impl SimConfig {
     /// Parses comma-separated options; the error names the bad option and
@@ -120,6 +128,16 @@ impl SimConfig {
                 ("freeze", Some("clear")) => config.freeze = Freeze::Clear,
                 ("freeze", Some("pending")) => config.freeze = Freeze::Pending,
                 ("freeze", Some(_)) => return Err(bad("expected `clear` or `pending`")),
+                ("dma", Some("none")) => config.dma_writes.clear(),
+                ("dma", Some(v)) => {
+                    config.dma_writes.clear();
+                    for iova in v.split('+').map(str::trim) {
+                        let iova = parse_u64(iova)
+                            .or_else(|| parse_size(iova).ok())
+                            .ok_or_else(|| bad(&format!("`{iova}` is not an IOVA")))?;
+                        config.dma_writes.push(iova);
+                    }
+                }
                 ("fault", Some(v)) => {
                     for name in v.split('+').map(str::trim) {
                         let fault = Fault::from_name(name).ok_or_else(|| {
@@ -242,6 +260,11 @@ impl SimConfig {
         self.logging
     }
 
+    /// IOVAs the device DMA-writes once after each DMA_LOGGING_START.
+    pub fn dma_writes(&self) -> &[u64] {
+        &self.dma_writes
+    }
+
     /// How long every SET of MIG_DEVICE_STATE sleeps.
     pub fn latency(&self) -> Duration {
         self.latency
@@ -330,6 +353,11 @@ mod tests {
         );
         assert_eq!((c.chunk(), c.region()), (16384, 65536));
         assert!(c.deterministic() && c.logging() && c.faults().is_empty());
+        assert_eq!(c.dma_writes(), DMA_WRITES);
+        assert!(SimConfig::parse("dma=none")
+            .unwrap()
+            .dma_writes()
+            .is_empty());
         assert_eq!(
             (c.device_type(), c.dirty(), c.freeze()),
             ("sim-a", 0, Freeze::Clear)
@@ -341,7 +369,8 @@ mod tests {
         let c = SimConfig::parse(
             "v1+v2, flags=stop_copy+pre_copy,size=4GiB,page=64KiB,precopy=1MiB,dirty=3,reinit=2,\
              deterministic=false,type=sim-b,seed=0x10,logging=false,latency=5ms,chunk=1K,\
-             region=8KiB,freeze=pending,fault=hang-read+v1-not-frozen,fault=hang-read",
+             region=8KiB,freeze=pending,fault=hang-read+v1-not-frozen,fault=hang-read,\
+             dma=0x101000+1MiB",
         )
         .unwrap();
         assert_eq!(c.protocols(), (true, true));
@@ -357,6 +386,7 @@ mod tests {
             (1024, 8192, Freeze::Pending)
         );
         assert_eq!(c.faults(), &[Fault::HangRead, Fault::V1NotFrozen]);
+        assert_eq!(c.dma_writes(), &[0x10_1000, 1 << 20]);
         assert_eq!(SimConfig::parse("v1").unwrap().protocols(), (true, false));
         assert_eq!(SimConfig::parse("precopy=1GiB").unwrap().precopy(), 65536);
     }
@@ -402,6 +432,7 @@ mod tests {
             ("size=1TiB,page=64", "more than"),
             ("chunk=0", "chunk="),
             ("logging=maybe", "true or false"),
+            ("dma=0x10+here", "`here` is not an IOVA"),
         ] {
             let err = SimConfig::parse(bad).unwrap_err();
             assert!(err.contains(needle), "{bad}: {err}");

@@ -65,6 +65,9 @@ pub enum Fault {
     LoggingStartTwice,
     LoggingRangesUnchecked,
     LoggingReportUnsupported,
+    LoggingPageShiftReturned,
+    LoggingReportPastRange,
+    LoggingReportNextPage,
     SlowTransition,
     SlowStop,
     HangTransition,
@@ -192,7 +195,7 @@ const fn v1(
     }
 }
 
-static CATALOGUE: [FaultInfo; 64] = [
+static CATALOGUE: [FaultInfo; 67] = [
     v2(
         Fault::EnomsgInStopCopy,
         "enomsg-in-stop-copy",
@@ -570,6 +573,33 @@ static CATALOGUE: [FaultInfo; 64] = [
         Warn,
         "DMA_LOGGING_START succeeds, every DMA_LOGGING_REPORT fails with EOPNOTSUPP",
         Some("mtty on kernels without CONFIG_IOMMUFD_DRIVER (iova_bitmap_alloc() is a stub)"),
+    ),
+    v2(
+        Fault::LoggingPageShiftReturned,
+        "logging-page-shift-returned",
+        "V2-LOG-07",
+        Must,
+        Fail,
+        "DMA_LOGGING_START copies back the page shift it tracks at (12) where the page size belongs",
+        Some("log_start() storing ilog2() of its granularity into *page_size"),
+    ),
+    v2(
+        Fault::LoggingReportPastRange,
+        "logging-report-past-range",
+        "V2-LOG-08",
+        Must,
+        Fail,
+        "DMA_LOGGING_REPORT also sets the bit of the page after the range's last one",
+        Some("an inclusive end (iova + length) where the last page is iova + length - page_size"),
+    ),
+    v2(
+        Fault::LoggingReportNextPage,
+        "logging-report-next-page",
+        "V2-LOG-09",
+        Must,
+        Fail,
+        "DMA_LOGGING_REPORT sets the bit of the page after each page the device wrote",
+        Some("a tracker that records where a write ends (addr + len) and passes that to iova_bitmap_set()"),
     ),
     v2(
         Fault::SlowTransition,

@@ -107,12 +107,29 @@ impl DmaLog {
         }
     }
 
+    /// The device wrote `iovas` (its declared writes): those inside a
+    /// logged range dirty their page.
+    pub fn written(&mut self, iovas: &[u64]) {
+        let ps = self.page_size;
+        for &iova in iovas {
+            let logged = self
+                .ranges
+                .iter()
+                .any(|&(start, length)| iova >= start && iova - start < length);
+            if logged && ps != 0 {
+                self.dirty.insert(iova - iova % ps);
+            }
+        }
+    }
+
     /// Sets the bits of written pages in `[iova, iova + length)` (never
-    /// clears one) and forgets those pages. The caller validated the report.
+    /// clears one) and forgets those pages; `next_page` marks the page after
+    /// each written one instead (a fault). The caller validated the report.
     pub fn report(
         &mut self,
         report: &VfioDeviceFeatureDmaLoggingReport,
         bitmap: &mut [u64],
+        next_page: bool,
     ) -> Result<(), Errno> {
         let (iova, ps) = (report.iova, report.page_size);
         let end = iova + report.length;
@@ -122,10 +139,13 @@ impl DmaLog {
             .range(iova.saturating_sub(reach)..end)
             .copied()
             .collect();
+        let skew = if next_page { self.page_size } else { 0 };
         for addr in hits {
-            let lo = addr.max(iova);
-            let hi = addr.saturating_add(self.page_size.max(1)).min(end);
+            let marked = addr.saturating_add(skew);
+            let lo = marked.max(iova);
+            let hi = marked.saturating_add(self.page_size.max(1)).min(end);
             if lo >= hi {
+                self.dirty.remove(&addr);
                 continue;
             }
             for bit in (lo - iova) / ps..=(hi - 1 - iova) / ps {
@@ -201,16 +221,39 @@ mod tests {
             bitmap: 0,
         };
         let mut bitmap = vec![1u64 << 63];
-        log.report(&report, &mut bitmap).unwrap();
+        log.report(&report, &mut bitmap, false).unwrap();
         for a in &written {
             assert_ne!(bitmap[0] & (1 << ((a - 0x10000) / 4096)), 0);
         }
         assert_ne!(bitmap[0] & (1 << 63), 0, "bits are never cleared");
         let mut again = vec![0u64];
-        log.report(&report, &mut again).unwrap();
+        log.report(&report, &mut again, false).unwrap();
         assert_eq!(again, vec![0]);
         // A bitmap too short for a dirty page is EFAULT.
         log.dma(99);
-        assert_eq!(log.report(&report, &mut []), Err(Errno::EFAULT));
+        assert_eq!(log.report(&report, &mut [], false), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn declared_writes_inside_the_ranges_are_reported() {
+        let mut log =
+            DmaLog::start(&control(4096, 1), &[range(0x10_0000, 0x10_0000)], true).unwrap();
+        // 0x1000 lies outside the range; 0x10_3456 dirties page 0x10_3000.
+        log.written(&[0x1000, 0x10_3456, 0x20_0000]);
+        assert_eq!(log.dirty.iter().copied().collect::<Vec<_>>(), [0x10_3000]);
+        let report = VfioDeviceFeatureDmaLoggingReport {
+            iova: 0x10_0000,
+            length: 0x10_0000,
+            page_size: 4096,
+            bitmap: 0,
+        };
+        let mut shifted = log.clone();
+        let mut bitmap = vec![0u64; 4];
+        log.report(&report, &mut bitmap, false).unwrap();
+        assert_eq!(bitmap, [1 << 3, 0, 0, 0]);
+        let mut bitmap = vec![0u64; 4];
+        shifted.report(&report, &mut bitmap, true).unwrap();
+        assert_eq!(bitmap, [1 << 4, 0, 0, 0]);
+        assert!(shifted.dirty.is_empty());
     }
 }

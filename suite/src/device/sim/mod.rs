@@ -13,7 +13,9 @@
 //!   the logged ranges per operation, i.e. per call of any [`Device`]
 //!   method) in RUNNING, RUNNING_P2P, PRE_COPY and PRE_COPY_P2P and, with
 //!   v1, while `_RUNNING` is set (or until the freeze point). Both protocols
-//!   drive one device: it runs only when both say so.
+//!   drive one device: it runs only when both say so. The IOVAs of `dma=`
+//!   are written once right after each successful DMA_LOGGING_START, in
+//!   any state, so that a REPORT's bit positions can be checked.
 //! - VFIO_DEVICE_RESET moves to RUNNING (v1: `_RUNNING`), ends every
 //!   session, stops DMA logging and keeps the internal state: a reset does
 //!   not undo a resume. [`Device::reopen`] does the same.
@@ -224,6 +226,7 @@ impl Core {
                 iommu_group: None,
                 access: Access::Simulator,
                 device_type: Some(config.device_type().to_string()),
+                dma_writes: config.dma_writes().to_vec(),
             },
             faults,
             flags,
@@ -440,13 +443,18 @@ impl Core {
     fn logging_start(&mut self, req: &mut FeatureRequest, input: &[u8]) -> Result<(), Errno> {
         let control = VfioDeviceFeatureDmaLoggingControl::from_bytes(input);
         let check = !self.has(Fault::LoggingRangesUnchecked);
-        let log = DmaLog::start(&control, &req.ranges, check)?;
+        let mut log = DmaLog::start(&control, &req.ranges, check)?;
         // mlx5 and pds refuse a second START with EINVAL.
         if self.log.is_some() && !self.has(Fault::LoggingStartTwice) {
             return Err(Errno::EINVAL);
         }
+        log.written(self.config.dma_writes());
         self.log = Some(log);
-        reply_with(req, &control.to_bytes());
+        let mut selected = control;
+        if self.has(Fault::LoggingPageShiftReturned) {
+            selected.page_size = u64::from(control.page_size.trailing_zeros());
+        }
+        reply_with(req, &selected.to_bytes());
         Ok(())
     }
 
@@ -459,11 +467,22 @@ impl Core {
             return Err(Errno::EOVERFLOW);
         }
         let unsupported = self.has(Fault::LoggingReportUnsupported);
+        let next_page = self.has(Fault::LoggingReportNextPage);
         let log = self.log.as_mut().ok_or(Errno::EINVAL)?;
         if unsupported {
             return Err(Errno::EOPNOTSUPP);
         }
-        log.report(&report, &mut req.bitmap)
+        log.report(&report, &mut req.bitmap, next_page)?;
+        if self.has(Fault::LoggingReportPastRange) {
+            let past = report.length.div_ceil(report.page_size);
+            if let Some(word) = usize::try_from(past / 64)
+                .ok()
+                .and_then(|w| req.bitmap.get_mut(w))
+            {
+                *word |= 1 << (past % 64);
+            }
+        }
+        Ok(())
     }
 
     /// Back to `state` with no session (unless `keep_session`), no DMA

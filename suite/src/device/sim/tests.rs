@@ -738,7 +738,8 @@ fn reset_and_close_end_sessions() {
     assert_eq!(go(&mut d, PreCopy), FIRST_DATA_FD + 1);
 }
 
-fn logging_start(d: &mut Simulator, ranges: &[(u64, u64)]) -> Result<(), Errno> {
+/// START with a 4096-byte hint; the page size the device selected.
+fn logging_start(d: &mut Simulator, ranges: &[(u64, u64)]) -> Result<u64, Errno> {
     let control = VfioDeviceFeatureDmaLoggingControl {
         page_size: 4096,
         num_ranges: ranges.len() as u32,
@@ -754,6 +755,7 @@ fn logging_start(d: &mut Simulator, ranges: &[(u64, u64)]) -> Result<(), Errno> 
         .map(|&(iova, length)| VfioDeviceFeatureDmaLoggingRange { iova, length })
         .collect();
     d.feature(&mut req)
+        .map(|()| VfioDeviceFeatureDmaLoggingControl::from_bytes(&req.data).page_size)
 }
 
 fn logging_report(

@@ -218,7 +218,8 @@ impl Exec<'_, '_> {
                     v == 0,
                     "reserved reads 0".into(),
                     format!("{v:#x}"),
-                ),
+                )
+                .on(&["vfio_device_migration_info.reserved"]),
             );
         }
         if let Some(name) = into {
@@ -366,7 +367,8 @@ impl Exec<'_, '_> {
                         after.is_ok_and(|a| a.bits() == before.bits()),
                         format!("device_state stays {before}"),
                         after_text,
-                    ),
+                    )
+                    .on(&["vfio_device_migration_info.device_state"]),
                 );
             }
             V1Write::RejectFromError => {
@@ -390,7 +392,8 @@ impl Exec<'_, '_> {
                         after.is_ok_and(|a| a.bits() == requested.bits()),
                         format!("device_state reads {requested}"),
                         after_text.clone(),
-                    ),
+                    )
+                    .on(&["vfio_device_migration_info.device_state"]),
                 );
                 if requested.reserved() != 0 {
                     self.check(

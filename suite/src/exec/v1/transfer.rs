@@ -138,7 +138,8 @@ impl Exec<'_, '_> {
                 } else {
                     "changed between two reads".into()
                 },
-            ),
+            )
+            .on(&["vfio_device_migration_info.pending_bytes"]),
         );
         if iterations > 0 {
             self.check(
@@ -153,7 +154,11 @@ impl Exec<'_, '_> {
                     } else {
                         "changed on a second read".into()
                     },
-                ),
+                )
+                .on(&[
+                    "vfio_device_migration_info.data_offset",
+                    "vfio_device_migration_info.data_size",
+                ]),
             );
         }
         self.check(
@@ -166,7 +171,11 @@ impl Exec<'_, '_> {
                 failure
                     .clone()
                     .unwrap_or_else(|| "all chunks inside".into()),
-            ),
+            )
+            .on(&[
+                "vfio_device_migration_info.data_offset",
+                "vfio_device_migration_info.data_size",
+            ]),
         );
         if stop_and_copy {
             self.check(
@@ -179,7 +188,8 @@ impl Exec<'_, '_> {
                     failure
                         .clone()
                         .unwrap_or_else(|| format!("{iterations} iterations, {total} bytes")),
-                ),
+                )
+                .on(&["vfio_device_migration_info.pending_bytes"]),
             );
         } else {
             self.check(
@@ -303,6 +313,7 @@ impl Exec<'_, '_> {
                         pass: accepted,
                         expected: "stream accepted and _RESUMING left".into(),
                         observed,
+                        fields: &[],
                     },
                 );
             }

@@ -272,7 +272,11 @@ impl Exec<'_, '_> {
                             read <= b,
                             format!("at most {b} bytes (initial_bytes + dirty_bytes)"),
                             format!("{read} bytes"),
-                        ),
+                        )
+                        .on(&[
+                            "vfio_precopy_info.initial_bytes",
+                            "vfio_precopy_info.dirty_bytes",
+                        ]),
                     );
                 } else if end == End::Bound {
                     self.check(
@@ -579,6 +583,7 @@ impl Exec<'_, '_> {
                 pass,
                 expected: expected.to_string(),
                 observed: ret_text(&got),
+                fields: &[],
             },
         );
         Ok(())

@@ -54,7 +54,8 @@ impl Exec<'_, '_> {
                 fd == -1,
                 "data_fd = -1".into(),
                 format!("data_fd = {fd}"),
-            ),
+            )
+            .on(&["vfio_device_feature_mig_state.data_fd"]),
         );
         let tracked = self.role(role)?.state;
         if let Some(e) = expect.filter(|e| e.state.is_some()) {
@@ -72,7 +73,8 @@ impl Exec<'_, '_> {
                     raw == t.raw(),
                     format!("{t} (no SET since)"),
                     state_name(raw),
-                ),
+                )
+                .on(&["vfio_device_feature_mig_state.device_state"]),
             );
         }
         self.role(role)?.state = state_now;
@@ -136,6 +138,7 @@ impl Exec<'_, '_> {
                         Ok(()) => format!("{cur} -> {} succeeded", state_name(target)),
                         Err(e) => format!("failed with {}", errno_name(e)),
                     },
+                    fields: &[],
                 },
             );
         } else if !explicit && either {
@@ -192,6 +195,7 @@ impl Exec<'_, '_> {
                 match id {
                     Some(id) => self.check_lazy(key, "data-fd", pass, || {
                         Check::builtin("data-fd", id, pass, expected(), observed())
+                            .on(&["vfio_device_feature_mig_state.data_fd"])
                     }),
                     None => {
                         let e = expect.expect("explicit data_fd");
@@ -226,6 +230,7 @@ impl Exec<'_, '_> {
                             format!("GET right after SET reports {}", state_name(want)),
                             observed(),
                         )
+                        .on(&["vfio_device_feature_mig_state.device_state"])
                     }),
                 }
             }
@@ -248,6 +253,10 @@ impl Exec<'_, '_> {
                         r.data_fd
                     ),
                 )
+                .on(&[
+                    "vfio_device_feature_mig_state.device_state after a failed SET",
+                    "vfio_device_feature_mig_state.data_fd after a failed SET",
+                ])
             });
             let (allowed, id): (Vec<MigState>, &str) = match &model {
                 _ if incomplete => (vec![MigState::Resuming, MigState::Error], "V2-RESUME-03"),
@@ -604,7 +613,8 @@ impl Exec<'_, '_> {
                         f.is_defined(),
                         "STOP_COPY, +P2P, +PRE_COPY or +P2P+PRE_COPY".into(),
                         migration_flag_names(f.0),
-                    ),
+                    )
+                    .on(&["vfio_device_feature_migration.flags"]),
                 );
                 if let Some((e, c)) = expect.and_then(|e| e.flags.as_ref().map(|c| (e, c))) {
                     self.check_cmp(key, "flags", e, c, f.0)?;

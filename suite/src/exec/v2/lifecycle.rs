@@ -43,6 +43,7 @@ impl Exec<'_, '_> {
         ctx.state = g.ok();
         ctx.logging = false;
         ctx.logged_ranges.clear();
+        ctx.declared_pages.clear();
         ctx.stopped_at = None;
         ctx.loaded_ns = None;
         if had_session {

@@ -106,7 +106,8 @@ impl Exec<'_, '_> {
                     info.flags == 0 || info.flags == VFIO_PRECOPY_INFO_REINIT,
                     "output flags 0 or REINIT".into(),
                     format!("flags = {:#x}", info.flags),
-                ),
+                )
+                .on(&["vfio_precopy_info.flags"]),
             );
         } else if in_flags != 0 {
             self.note(format!("precopy info without MIG_PRECOPY_INFOv2: input flags {in_flags:#x}, output flags {:#x}", info.flags));
@@ -187,7 +188,8 @@ impl Exec<'_, '_> {
                         info.initial_bytes > 0,
                         "initial_bytes > 0 when PRE_COPY starts".into(),
                         format!("initial_bytes = {}", info.initial_bytes),
-                    ),
+                    )
+                    .on(&["vfio_precopy_info.initial_bytes"]),
                 );
                 self.check(
                     key,
@@ -197,7 +199,8 @@ impl Exec<'_, '_> {
                         info.dirty_bytes == 0,
                         "dirty_bytes = 0 when PRE_COPY starts".into(),
                         format!("dirty_bytes = {}", info.dirty_bytes),
-                    ),
+                    )
+                    .on(&["vfio_precopy_info.dirty_bytes"]),
                 );
             }
             Some((initial, _, read_then)) if reinit => {
@@ -243,7 +246,8 @@ impl Exec<'_, '_> {
                         pass,
                         format!("initial_bytes below {initial} after reading {read} bytes"),
                         format!("initial_bytes = {}", info.initial_bytes),
-                    ),
+                    )
+                    .on(&["vfio_precopy_info.initial_bytes"]),
                 );
             }
         }

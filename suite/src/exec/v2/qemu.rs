@@ -91,7 +91,7 @@ impl Exec<'_, '_> {
                             format!(
                                 "initial_bytes = {init_now}, dirty_bytes = {dirty_now} after {read} bytes; the next read() delivered {delivered} bytes"
                             ),
-                        ),
+                        ).on(&["vfio_precopy_info.initial_bytes", "vfio_precopy_info.dirty_bytes"]),
                     );
                 }
             }

@@ -40,7 +40,8 @@ impl Exec<'_, '_> {
                     bytes <= scl,
                     format!("at most stop_copy_length = {scl} bytes"),
                     format!("{bytes} bytes"),
-                ),
+                )
+                .on(&["vfio_device_feature_mig_data_size.stop_copy_length"]),
             );
             self.check(
                 key,
@@ -50,7 +51,8 @@ impl Exec<'_, '_> {
                     scl <= bytes.saturating_mul(2).saturating_add(4096),
                     format!("stop_copy_length at most 2 x {bytes} + 4096"),
                     format!("stop_copy_length = {scl}"),
-                ),
+                )
+                .on(&["vfio_device_feature_mig_data_size.stop_copy_length"]),
             );
             if bytes > 0 {
                 self.note(format!(
@@ -154,6 +156,7 @@ impl Exec<'_, '_> {
                     pass: !stop,
                     expected: format!("RESUMING -> STOP fails: {why}"),
                     observed: observed.clone(),
+                    fields: &[],
                 },
             );
         }
@@ -176,6 +179,7 @@ impl Exec<'_, '_> {
                         pass: accepted,
                         expected: "stream accepted".into(),
                         observed,
+                        fields: &[],
                     },
                 );
                 if stop {

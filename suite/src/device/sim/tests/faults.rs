@@ -273,6 +273,19 @@ fault_tests! {
         logging_start(d, &[(0, 0x10000)]).unwrap();
         logging_report(d, 0, 0x10000, 4096).is_ok()
     };
+    logging_page_shift_returned: "logging-page-shift-returned", "", |d| {
+        logging_start(d, &[(0, 0x10000)]) == Ok(4096)
+    };
+    logging_report_past_range: "logging-report-past-range", "", |d| {
+        logging_start(d, &[(0, 0x10000)]).unwrap();
+        // 10 pages: bit 10 is the page after the range.
+        logging_report(d, 0, 0xa000, 4096).unwrap()[0] >> 10 == 0
+    };
+    logging_report_next_page: "logging-report-next-page", "dma=0x3000", |d| {
+        go(d, Stop);
+        logging_start(d, &[(0, 0x10000)]).unwrap();
+        logging_report(d, 0, 0x10000, 4096).unwrap()[0] == 1 << 3
+    };
     logging_ranges_unchecked: "logging-ranges-unchecked", "", |d| {
         let bad: [&[(u64, u64)]; 4] = [
             &[],
