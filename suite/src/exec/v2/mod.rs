@@ -105,6 +105,7 @@ impl Exec<'_, '_> {
                     to,
                     chunk: *chunk as usize,
                     within: *within,
+                    returned: std::sync::Arc::default(),
                 };
                 self.race(role, &race, key)
             }

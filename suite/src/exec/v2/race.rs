@@ -11,13 +11,13 @@
 //! the call the rule judges.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
 use super::*;
-use crate::device::SharedDataFd;
+use crate::device::{DataFdOps, SharedDataFd};
 use crate::scenario::{Mutation, RaceKind};
 
 /// One `race` step, resolved.
@@ -28,6 +28,36 @@ pub(super) struct Race<'s> {
     pub to: Option<u32>,
     pub chunk: usize,
     pub within: Duration,
+    /// Calls the workers made that returned: a worker is stuck only when
+    /// none returned for `within`, however long the whole race takes.
+    pub returned: Arc<AtomicU64>,
+}
+
+/// A shared data fd that counts the calls that returned.
+struct Counted {
+    fd: SharedDataFd,
+    returned: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn count<T>(&self, r: T) -> T {
+        self.returned.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+}
+
+impl DataFdOps for Counted {
+    fn read(&self, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.count(self.fd.read(buf))
+    }
+
+    fn write(&self, buf: &[u8]) -> Result<usize, Errno> {
+        self.count(self.fd.write(buf))
+    }
+
+    fn poll(&self, events: PollFlags, timeout: Duration) -> Result<PollFlags, Errno> {
+        self.count(self.fd.poll(events, timeout))
+    }
 }
 
 /// One read or write a worker made.
@@ -296,12 +326,16 @@ impl Exec<'_, '_> {
                 SessionKind::Resuming
             },
         )?;
-        let shared = self.role(role)?.dev.share_data_fd(fd).map_err(|e| {
+        let fd_ops = self.role(role)?.dev.share_data_fd(fd).map_err(|e| {
             Abort::Harness(format!(
                 "sharing data fd {fd} failed with {}",
                 errno_name(e)
             ))
         })?;
+        let shared: SharedDataFd = Arc::new(Counted {
+            fd: fd_ops,
+            returned: Arc::clone(&race.returned),
+        });
         let from = match race.from {
             Some(name) => Some(Arc::new(self.buffer_bytes(name)?)),
             None => None,
@@ -345,32 +379,45 @@ impl Exec<'_, '_> {
         }
     }
 
-    /// Waits for a worker's report within `within`; a worker that does not
-    /// come back is a finding against `id`, and the case stops (the thread
-    /// is left to the process exit).
+    /// Waits for a worker's report while its calls keep returning: a worker
+    /// none of whose calls returned for `within` (or by the case deadline)
+    /// is a finding against `id`, and the case stops (the thread is left to
+    /// the process exit).
     fn join(
         &mut self,
         rx: &Receiver<Report>,
+        race: &Race<'_>,
         within: Duration,
         id: &str,
         what: &str,
         key: &StepKey,
     ) -> Result<Report, Abort> {
-        let bound = within.min(self.wait_budget());
-        match rx.recv_timeout(bound) {
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                self.check(
-                    key,
-                    Check::builtin(
-                        "returns",
-                        id,
-                        false,
-                        format!("the {what} returns"),
-                        format!("still in the kernel after {}", ms_text(nanos(bound))),
-                    ),
-                );
-                Err(Abort::Driver(format!("a {what} did not return")))
+        let mut seen = race.returned.load(Ordering::SeqCst);
+        loop {
+            let bound = within.min(self.wait_budget());
+            match rx.recv_timeout(bound) {
+                Ok(r) => return Ok(r),
+                Err(RecvTimeoutError::Timeout)
+                    if !bound.is_zero() && race.returned.load(Ordering::SeqCst) != seen =>
+                {
+                    seen = race.returned.load(Ordering::SeqCst);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    self.check(
+                        key,
+                        Check::builtin(
+                            "returns",
+                            id,
+                            false,
+                            format!("the {what} returns"),
+                            format!(
+                                "still in the kernel: no call returned for {}",
+                                ms_text(nanos(bound))
+                            ),
+                        ),
+                    );
+                    return Err(Abort::Driver(format!("a {what} did not return")));
+                }
             }
         }
     }
@@ -412,7 +459,14 @@ impl Exec<'_, '_> {
             .collect();
         let mut reports = Vec::new();
         for rx in &workers {
-            reports.push(self.join(rx, race.within, "KERNEL-02", "reader thread's read", key)?);
+            reports.push(self.join(
+                rx,
+                race,
+                race.within,
+                "KERNEL-02",
+                "reader thread's read",
+                key,
+            )?);
         }
         let (a, b) = (&reports[0], &reports[1]);
         let total = a.bytes().len() + b.bytes().len();
@@ -483,7 +537,14 @@ impl Exec<'_, '_> {
         drop((to_a, to_b));
         let mut reports = Vec::new();
         for rx in &workers {
-            reports.push(self.join(rx, race.within, "KERNEL-02", "writer thread's write", key)?);
+            reports.push(self.join(
+                rx,
+                race,
+                race.within,
+                "KERNEL-02",
+                "writer thread's write",
+                key,
+            )?);
         }
         let written: u64 = reports
             .iter()
@@ -560,6 +621,7 @@ impl Exec<'_, '_> {
             return self
                 .join(
                     &worker,
+                    race,
                     Duration::ZERO,
                     "KERNEL-02",
                     "reader thread's first read",
@@ -589,6 +651,7 @@ impl Exec<'_, '_> {
         late.announce();
         let report = self.join(
             &worker,
+            race,
             race.within,
             id,
             "data fd read after the session ended",
@@ -662,6 +725,7 @@ impl Exec<'_, '_> {
             return self
                 .join(
                     &worker,
+                    race,
                     Duration::ZERO,
                     "KERNEL-02",
                     "writer thread's first write",
@@ -673,6 +737,7 @@ impl Exec<'_, '_> {
         late.announce();
         let report = self.join(
             &worker,
+            race,
             race.within,
             "V2-RESET-02",
             "data fd write after the reset",
@@ -728,6 +793,7 @@ impl Exec<'_, '_> {
                 Err(mpsc::TryRecvError::Empty) if Instant::now() >= deadline => {
                     break self.join(
                         &worker,
+                        race,
                         Duration::ZERO,
                         "KERNEL-02",
                         "save thread's read",
@@ -812,6 +878,7 @@ impl Exec<'_, '_> {
                 Err(mpsc::TryRecvError::Empty) if Instant::now() >= deadline => {
                     break self.join(
                         &worker,
+                        race,
                         Duration::ZERO,
                         "KERNEL-02",
                         "load thread's write",
