@@ -422,6 +422,39 @@ impl Exec<'_, '_> {
         }
     }
 
+    /// Calls `work` on this thread, over and over, until the worker
+    /// reports; as in [`Self::join`], the worker is stuck only when none of
+    /// its calls returned for `within` (or by the case deadline).
+    fn alongside(
+        &mut self,
+        worker: &Receiver<Report>,
+        race: &Race<'_>,
+        what: &str,
+        key: &StepKey,
+        mut work: impl FnMut(&mut Self) -> Result<(), Abort>,
+    ) -> Result<Report, Abort> {
+        let mut seen = race.returned.load(Ordering::SeqCst);
+        let mut since = Instant::now();
+        loop {
+            match worker.try_recv() {
+                Ok(r) => return Ok(r),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(Abort::Harness(format!("the {what} panicked")))
+                }
+                Err(mpsc::TryRecvError::Empty) => {
+                    let now = race.returned.load(Ordering::SeqCst);
+                    if now != seen {
+                        (seen, since) = (now, Instant::now());
+                    } else if since.elapsed() >= race.within || self.wait_budget().is_zero() {
+                        return self.join(worker, race, Duration::ZERO, "KERNEL-02", what, key);
+                    }
+                    work(self)?;
+                    thread::yield_now();
+                }
+            }
+        }
+    }
+
     /// Starts a worker thread; its report comes on the returned channel.
     fn spawn(work: impl FnOnce() -> Report + Send + 'static) -> Receiver<Report> {
         let (tx, rx) = mpsc::channel();
@@ -781,34 +814,15 @@ impl Exec<'_, '_> {
             late: None,
         };
         let worker = Self::spawn(move || reader(shared, plan, started_tx));
-        let deadline = Instant::now() + race.within.min(self.wait_budget());
         let mut queries = 0u64;
         let mut query_errors = Vec::new();
-        let report = loop {
-            match worker.try_recv() {
-                Ok(r) => break r,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err(Abort::Harness("the save thread panicked".into()))
-                }
-                Err(mpsc::TryRecvError::Empty) if Instant::now() >= deadline => {
-                    break self.join(
-                        &worker,
-                        race,
-                        Duration::ZERO,
-                        "KERNEL-02",
-                        "save thread's read",
-                        key,
-                    )?;
-                }
-                Err(mpsc::TryRecvError::Empty) => {
-                    queries += 1;
-                    if let Err(e) = self.role(role)?.dev.stop_copy_length() {
-                        query_errors.push(errno_name(e));
-                    }
-                    thread::yield_now();
-                }
+        let report = self.alongside(&worker, race, "save thread's read", key, |x| {
+            queries += 1;
+            if let Err(e) = x.role(role)?.dev.stop_copy_length() {
+                query_errors.push(errno_name(e));
             }
-        };
+            Ok(())
+        })?;
         let stream = report.bytes();
         let end = report.ios.last().map(|io| io.got);
         self.record(
@@ -866,36 +880,17 @@ impl Exec<'_, '_> {
         let (started_tx, _) = mpsc::channel();
         let chunk = race.chunk;
         let worker = Self::spawn(move || writer(shared, data, chunk, None, None, started_tx));
-        let deadline = Instant::now() + race.within.min(self.wait_budget());
         let mut gets = 0u64;
         let mut wrong = Vec::new();
-        let report = loop {
-            match worker.try_recv() {
-                Ok(r) => break r,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    return Err(Abort::Harness("the load thread panicked".into()))
-                }
-                Err(mpsc::TryRecvError::Empty) if Instant::now() >= deadline => {
-                    break self.join(
-                        &worker,
-                        race,
-                        Duration::ZERO,
-                        "KERNEL-02",
-                        "load thread's write",
-                        key,
-                    )?;
-                }
-                Err(mpsc::TryRecvError::Empty) => {
-                    gets += 1;
-                    match self.role(role)?.dev.get_state() {
-                        Ok(MigState::Resuming) => {}
-                        Ok(s) => wrong.push(s.name().to_string()),
-                        Err(e) => wrong.push(errno_name(e)),
-                    }
-                    thread::yield_now();
-                }
+        let report = self.alongside(&worker, race, "load thread's write", key, |x| {
+            gets += 1;
+            match x.role(role)?.dev.get_state() {
+                Ok(MigState::Resuming) => {}
+                Ok(s) => wrong.push(s.name().to_string()),
+                Err(e) => wrong.push(errno_name(e)),
             }
-        };
+            Ok(())
+        })?;
         let written: u64 = report
             .ios
             .iter()
