@@ -3,20 +3,13 @@
 //! warning, and expectations files and `--strict` compose with it.
 #![forbid(unsafe_code)]
 
+mod common;
+use common::bin;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use results::{Consumer, Outcome, RunResults};
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vfio-migtest"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("VFIO_MIGTEST") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
 
 /// The catalogue's `precopy` case on a simulator with `fault`.
 fn precopy(out: &Path, fault: &str, args: &[&str]) -> Output {

@@ -2,8 +2,11 @@
 //! the fault that mirrors mtty's DMA logging deviation.
 #![forbid(unsafe_code)]
 
+mod common;
+use common::bin;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use results::{Outcome, RunResults};
 
@@ -14,16 +17,6 @@ known:
     ids: [V2-LOG-02]
     reason: told to accept a second START
 ";
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vfio-migtest"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("VFIO_MIGTEST") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     bin()

@@ -4,20 +4,12 @@
 //! the check that cites its rule.
 #![forbid(unsafe_code)]
 
+mod common;
+use common::bin;
+
 use std::path::Path;
-use std::process::Command;
 
 use results::{CaseResult, Outcome, RunResults, Verdict};
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vfio-migtest"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("VFIO_MIGTEST") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
 
 /// The result of the catalogue's case `case` on `sim:OPTIONS`.
 fn run(out: &Path, case: &str, options: &str) -> CaseResult {
